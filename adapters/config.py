@@ -1,0 +1,119 @@
+"""An adapter's configuration: ``DIR/partners/<id>/adapter.toml``.
+
+Rules kept here:
+
+* A partner folder is self-contained: every path in ``adapter.toml`` is relative to the folder,
+  so deploying a partner means copying one folder.
+* One frozen config object, built once and passed in (house rule 4). Secrets (key passphrases)
+  come from a file or an environment variable named in the config, never from the command line.
+* The ``[system]`` table belongs to the partner-system transport (police REST, OM XML drop
+  folders, …) and is kept as a plain table here; each adapter validates its own part.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from adapters.errors import AdapterConfigError
+
+ADAPTER_TOML = "adapter.toml"
+
+
+class PartnerSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+
+
+class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = "https://127.0.0.1:8443"
+
+
+class TlsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    cert: str = "keys/tls.crt"
+    key: str = "keys/tls.key"
+    trust_anchors: tuple[str, ...] = ("trust/ca.crt",)
+
+
+class KeysSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    sign: str = "keys/sign.key"
+    # Current and retired encrypt keys: a recipient keeps retired private keys until every
+    # message that could use them has expired.
+    encrypt: tuple[str, ...] = ("keys/encrypt.key",)
+    token: str | None = None
+    outbox: str = "keys/outbox.key"
+    # "file:PATH" or "env:NAME" (keys.keyfile.PassphraseSource); empty: key files in clear.
+    passphrase: str = ""
+
+
+class DirectorySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bundle: str = "directory"
+    trusted_root: str = "directory/root.json"
+    refresh_s: int = 300
+
+
+class StoreSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "adapter.db"
+
+
+class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    partner: PartnerSection
+    gateway: GatewaySection = GatewaySection()
+    tls: TlsSection = TlsSection()
+    keys: KeysSection = KeysSection()
+    directory: DirectorySection = DirectorySection()
+    store: StoreSection = StoreSection()
+    system: dict[str, Any] = msgspec.field(default_factory=dict)
+    # The folder the file was read from; relative paths resolve against it.
+    base: str = ""
+
+    def path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else Path(self.base) / p
+
+
+def load_adapter_config(path: Path) -> AdapterConfig:
+    """Read ``adapter.toml``; raise ``AdapterConfigError`` with one clear line on any problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise AdapterConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw["base"] = str(path.parent.resolve())
+    try:
+        return msgspec.convert(raw, AdapterConfig)
+    except msgspec.ValidationError as exc:
+        raise AdapterConfigError(f"{path}: {exc}") from None
+
+
+def load_partner_dir(partner_dir: Path) -> AdapterConfig:
+    return load_adapter_config(partner_dir / ADAPTER_TOML)
+
+
+def render_adapter_toml(partner_id: str, *, gateway_url: str, coordinator: bool) -> str:
+    """The ``adapter.toml`` that ``ketenpost init`` writes into a partner folder."""
+    token_line = 'token = "keys/token.key"\n' if coordinator else ""
+    return (
+        f"# Ketenpost adapter of {partner_id}. Paths are relative to this folder.\n"
+        "[partner]\n"
+        f'id = "{partner_id}"\n\n'
+        "[gateway]\n"
+        f'url = "{gateway_url}"\n\n'
+        "[tls]\n"
+        'cert = "keys/tls.crt"\n'
+        'key = "keys/tls.key"\n'
+        'trust_anchors = ["trust/ca.crt"]\n\n'
+        "[keys]\n"
+        'sign = "keys/sign.key"\n'
+        'encrypt = ["keys/encrypt.key"]\n'
+        f"{token_line}"
+        'outbox = "keys/outbox.key"\n\n'
+        "[directory]\n"
+        'bundle = "directory"\n'
+        'trusted_root = "directory/root.json"\n\n'
+        "[store]\n"
+        'path = "adapter.db"\n'
+    )

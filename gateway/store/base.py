@@ -1,0 +1,221 @@
+"""The store interface: what the relay needs from durable storage, for SQLite and PostgreSQL.
+
+Rules kept here (DESIGN.md "Delivery" and "Storage"):
+
+* ``accept`` is one transaction: the duplicate-id check, the token checks (run by the relay's
+  ``check`` callback **inside** the transaction, against the token row as it is in that
+  transaction, so a concurrent revocation can never be overtaken), the message, its deliveries,
+  its audit leaf and its signed acceptance receipt are committed together, or nothing is. The
+  receipt is handed out only after the commit is durable.
+* The same message id with the same envelope bytes returns the first receipt again; with other
+  bytes it is refused (``duplicate_id``); a refused id leaves no trace but its audit entry, so it
+  may be submitted again.
+* A delivery is claimed with a lease; what is not finished by ``lease_until`` is claimed again.
+  A delivery receipt or rejection ends it; when every recipient is done the ciphertext is
+  deleted. Every outcome becomes a sender event in the sender's own inbox.
+* Revoking a token purges its undelivered **and leased** messages in the same transaction.
+* Every time is an argument (house rule 5).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    PURGED = "purged"
+
+
+class EventKind(enum.StrEnum):
+    RECEIPT = "receipt"
+    REJECTION = "rejection"
+    EXPIRY = "expiry"
+    PURGE = "purge"
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """An approach token as registered at the gateway."""
+
+    token_id: str
+    coordinator: str
+    token_hash: str
+    signed: bytes
+    valid_until: int
+    retention_until: int
+    registered_at: int
+    supersedes: str | None = None
+    superseded_by: str | None = None
+    revoked_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """An envelope that passed the checks outside the transaction (decode, TLS identity,
+    signature, clock) and now needs the transactional ones."""
+
+    message_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    envelope: bytes
+    envelope_hash: str
+    header_hash: str
+    token_id: str
+    message_type: str
+    subjects: tuple[str, ...]
+    policy_hash: str
+    trace_id: str
+    received_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit entry to append: its encoded (metadata-only) bytes, its salt, and the token it
+    belongs to (for deletion at the token's retention deadline)."""
+
+    entry: bytes
+    salt: bytes
+    token_id: str | None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    receipt: bytes
+    leaf_index: int
+    first_time: bool
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message_id: str
+    recipient: str
+    sender: str
+    envelope: bytes
+    lease_until: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SenderEventRow:
+    event_id: int
+    sender: str
+    message_id: str
+    kind: EventKind
+    signed: bytes
+    created_at: int
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    recipient: str
+    state: DeliveryState
+    attempts: int
+    finished_at: int | None
+
+
+@dataclass(frozen=True)
+class MessageStatus:
+    message_id: str
+    sender: str
+    accepted_at: int
+    expires_at: int
+    recipients: tuple[RecipientState, ...]
+
+
+@dataclass(frozen=True)
+class QueueStat:
+    recipient: str
+    depth: int
+    oldest_accepted_at: int | None
+
+
+@dataclass(frozen=True)
+class Purged:
+    """Deliveries ended by a revocation or expiry: each gets a sender event."""
+
+    message_id: str
+    sender: str
+    recipient: str
+
+
+@dataclass
+class AuditHead:
+    size: int
+    root: bytes
+    checkpoint: str = field(default="")
+
+
+class ReceiptSigner(Protocol):
+    """Signs what the store hands out; the store calls it inside the committing transaction."""
+
+    def checkpoint(self, size: int, root: bytes) -> str: ...
+
+    def acceptance_receipt(
+        self,
+        sub: Submission,
+        accepted_at: int,
+        leaf_index: int,
+        tree_size: int,
+        proof: Sequence[bytes],
+        checkpoint: str,
+    ) -> bytes: ...
+
+    def sender_event(
+        self, kind: EventKind, message_id: str, recipient: str, at: int, detail: bytes
+    ) -> bytes: ...
+
+
+TokenCheck = Callable[[TokenRow | None], AuditRecord]
+"""Runs inside the accept transaction with the token row as that transaction sees it. Raises the
+relay's refusal to abort, or returns the audit record of the acceptance."""
+
+
+class Store(Protocol):
+    """The one store interface; ``gateway.store.sqlite`` and ``gateway.store.postgres``."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def accept(self, sub: Submission, check: TokenCheck) -> Accepted: ...
+    async def record_audit(self, record: AuditRecord) -> int: ...
+
+    async def register_token(self, row: TokenRow, audit: AuditRecord) -> TokenRow: ...
+    async def get_token(self, token_id: str) -> TokenRow | None: ...
+    async def revoke_token(
+        self, token_id: str, revoked_at: int, revocation: bytes, audit: AuditRecord
+    ) -> list[Purged]: ...
+
+    async def claim(self, recipient: str, limit: int, now: int, lease_s: int) -> list[Delivery]: ...
+    async def finish(
+        self,
+        message_id: str,
+        recipient: str,
+        state: DeliveryState,
+        signed: bytes,
+        now: int,
+        audit: AuditRecord,
+    ) -> bool: ...
+    async def events(
+        self, sender: str, limit: int, now: int, lease_s: int
+    ) -> list[SenderEventRow]: ...
+    async def ack_events(self, sender: str, event_ids: Sequence[int]) -> int: ...
+    async def message_status(self, message_id: str) -> MessageStatus | None: ...
+    async def expire(
+        self, now: int, audit_for: Callable[[Purged], AuditRecord]
+    ) -> list[Purged]: ...
+
+    async def audit_head(self) -> AuditHead: ...
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]: ...
+    async def audit_leaves(self) -> list[tuple[int, bytes, bytes | None, bytes | None]]: ...
+    async def checkpoints(self) -> list[str]: ...
+    async def queue_stats(self) -> list[QueueStat]: ...

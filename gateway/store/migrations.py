@@ -1,0 +1,101 @@
+"""Versioned store migrations, expand/contract.
+
+Rules kept here:
+
+* Migrations are numbered and applied in order, each once, recorded in ``schema_migrations``.
+  ``ketenpost store migrate`` runs them as their own step; the gateway refuses to serve on a
+  store whose schema is older than it needs (``StoreError`` naming the missing version) and
+  serves on a newer one (expand/contract: a new version only adds tables, columns with defaults
+  and indexes; a later *contract* migration drops what no running version reads any more).
+* Each backend has its own SQL for the same version; the numbers are shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sqlite: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial relay schema",
+        """
+        CREATE TABLE tokens (
+            token_id        TEXT PRIMARY KEY,
+            coordinator     TEXT NOT NULL,
+            token_hash      TEXT NOT NULL,
+            signed          BLOB NOT NULL,
+            valid_until     INTEGER NOT NULL,
+            retention_until INTEGER NOT NULL,
+            registered_at   INTEGER NOT NULL,
+            supersedes      TEXT,
+            superseded_by   TEXT,
+            revoked_at      INTEGER,
+            revocation      BLOB
+        );
+        CREATE TABLE messages (
+            message_id    TEXT PRIMARY KEY,
+            sender        TEXT NOT NULL,
+            envelope_hash TEXT NOT NULL,
+            header_hash   TEXT NOT NULL,
+            token_id      TEXT NOT NULL,
+            message_type  TEXT NOT NULL,
+            accepted_at   INTEGER NOT NULL,
+            expires_at    INTEGER NOT NULL,
+            audit_index   INTEGER NOT NULL,
+            receipt       BLOB,
+            envelope      BLOB
+        );
+        CREATE INDEX messages_token ON messages (token_id);
+        CREATE TABLE deliveries (
+            message_id   TEXT NOT NULL REFERENCES messages (message_id),
+            recipient    TEXT NOT NULL,
+            seq          INTEGER NOT NULL,
+            state        TEXT NOT NULL,
+            lease_until  INTEGER NOT NULL DEFAULT 0,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            finished_at  INTEGER,
+            PRIMARY KEY (message_id, recipient)
+        );
+        CREATE INDEX deliveries_queue ON deliveries (recipient, state, seq);
+        CREATE TABLE sender_events (
+            event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+            sender      TEXT NOT NULL,
+            message_id  TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            signed      BLOB NOT NULL,
+            created_at  INTEGER NOT NULL,
+            lease_until INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX sender_events_sender ON sender_events (sender, event_id);
+        CREATE TABLE audit_leaves (
+            idx        INTEGER PRIMARY KEY,
+            leaf_hash  BLOB NOT NULL,
+            entry      BLOB,
+            salt       BLOB,
+            token_id   TEXT
+        );
+        CREATE INDEX audit_leaves_token ON audit_leaves (token_id);
+        CREATE TABLE audit_nodes (
+            level INTEGER NOT NULL,
+            idx   INTEGER NOT NULL,
+            hash  BLOB NOT NULL,
+            PRIMARY KEY (level, idx)
+        );
+        CREATE TABLE checkpoints (
+            size      INTEGER PRIMARY KEY,
+            root      BLOB NOT NULL,
+            note      TEXT NOT NULL
+        );
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
