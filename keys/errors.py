@@ -27,6 +27,8 @@ class KeysReason(enum.StrEnum):
     KEY_FILE_MALFORMED = "key_file_malformed"
     WRONG_PASSPHRASE = "wrong_passphrase"
     PASSPHRASE_REQUIRED = "passphrase_required"
+    # The passphrase source (file or environment variable) is missing or empty.
+    PASSPHRASE_UNAVAILABLE = "passphrase_unavailable"
     UNKNOWN_PARTNER = "unknown_partner"
     # Directory (TUF) verification.
     DIRECTORY_ROLLBACK = "directory_rollback"
@@ -35,11 +37,15 @@ class KeysReason(enum.StrEnum):
     DIRECTORY_THRESHOLD = "directory_threshold"
     DIRECTORY_MISMATCH = "directory_mismatch"
     DIRECTORY_MALFORMED = "directory_malformed"
+    # No directory verified or published yet, or a directory file is absent.
+    DIRECTORY_MISSING = "directory_missing"
     # Certificates and TLS identity.
     CERTIFICATE_INVALID = "certificate_invalid"
     CERTIFICATE_UNTRUSTED = "certificate_untrusted"
     CERTIFICATE_OIN_UNKNOWN = "certificate_oin_unknown"
     CERTIFICATE_SPKI_MISMATCH = "certificate_spki_mismatch"
+    # The certificate names a partner that has left the covenant.
+    PARTNER_LEFT = "partner_left"
 
 
 class KeysError(Exception):

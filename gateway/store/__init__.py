@@ -1,0 +1,1 @@
+"""Durable storage of the relay: one interface (``base``), SQLite and PostgreSQL backends."""
