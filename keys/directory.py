@@ -26,12 +26,14 @@ from keys.errors import DirectoryError, KeysReason, KeyStateError
 from keys.keypair import Algorithm, KeyUse, compute_kid
 from keys.state import KeyState, check_usable, key_state
 
-PARTNER_ID_PATTERN = r"^[a-z][a-z0-9-]{1,62}$"
-OIN_PATTERN = r"^[0-9]{20}$"
+# Python's ``$`` also matches before a final newline; ``(?!\n)`` closes that in a form that
+# ECMA-262 regexes (JSON Schema) read the same way.
+PARTNER_ID_PATTERN = r"^[a-z][a-z0-9-]{1,62}(?!\n)$"
+OIN_PATTERN = r"^[0-9]{20}(?!\n)$"
 
 PartnerId = Annotated[str, msgspec.Meta(pattern=PARTNER_ID_PATTERN)]
 Oin = Annotated[str, msgspec.Meta(pattern=OIN_PATTERN)]
-Kid = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Kid = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", min_length=64, max_length=64)]
 UnixTime = Annotated[int, msgspec.Meta(ge=0)]
 
 _PARTNER_ID_RE = re.compile(PARTNER_ID_PATTERN)

@@ -23,7 +23,7 @@ from keys import BadSignatureError, Ed25519KeyPair, verify_ed25519
 
 T = TypeVar("T")
 
-Kid = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Kid = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", min_length=64, max_length=64)]
 
 _ENCODER = msgspec.msgpack.Encoder()
 

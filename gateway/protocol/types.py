@@ -20,14 +20,16 @@ from typing import Annotated
 
 import msgspec
 
-Hex64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-Hex32 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
+# Python's ``$`` also matches before a final newline; the length bounds (and the ``(?!\n)``
+# look-ahead, which ECMA-262 regexes in the exported JSON Schema understand too) close that.
+Hex64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", min_length=64, max_length=64)]
+Hex32 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$", min_length=32, max_length=32)]
 Kid = Hex64
 MessageId = Hex64
 Sha256Hex = Hex64
 TokenId = Hex32
 Pseudonym = Hex32
-PartnerId = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{1,62}$")]
+PartnerId = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{1,62}(?!\n)$")]
 UnixTime = Annotated[int, msgspec.Meta(ge=0)]
 SchemaVersion = Annotated[int, msgspec.Meta(ge=1)]
 

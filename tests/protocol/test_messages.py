@@ -95,7 +95,7 @@ INVALID = [
     pytest.param(_signal(subjects=[]), "length", id="no subjects"),
     pytest.param(_signal(subjects=_DROP), "subjects", id="subjects missing"),
     pytest.param(_signal(subjects=[P1, P1]), "twice", id="subject twice"),
-    pytest.param(_signal(subjects=["111222333"]), "regex", id="subject not a pseudonym"),
+    pytest.param(_signal(subjects=["111222333"]), "subjects[0]", id="subject not a pseudonym"),
     pytest.param(_signal(incident_date="28-02-2026"), "date", id="date not ISO"),
     pytest.param(_signal(category="murder-mystery"), "category", id="unknown category"),
     pytest.param(_signal(summary=""), "length", id="empty summary"),
