@@ -22,8 +22,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# Until the relay and the adapters exist, the demo makes a complete development deployment in a
+# temporary folder and shows what it made.
 demo: $(STAMP)
-	$(BIN)/ketenpost demo
+	@d=$$(mktemp -d) && $(BIN)/ketenpost init "$$d/covenant" && cat "$$d/covenant/README.txt" \
+	  && $(BIN)/ketenpost config check --config "$$d/covenant/gateway.toml" \
+	  && $(BIN)/ketenpost schema example signal
 
 bench: $(STAMP)
 	$(BIN)/ketenpost bench --out bench-results.json
