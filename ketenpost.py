@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adapters.config import ADAPTER_TOML, render_adapter_toml
-from gateway import cli_config, cli_schema
+from gateway import cli_config, cli_schema, cli_serve
 from gateway.config import write_default_config
 from gateway.protocol.policy import default_policy, encode_policy
 from keys import KeysError
@@ -120,6 +120,7 @@ REGISTRARS: tuple[Register, ...] = (
     _register_init,
     cli_config.register,
     cli_schema.register,
+    cli_serve.register,
 )
 
 

@@ -25,6 +25,9 @@ class GatewayReason(enum.StrEnum):
     CONFIG_INVALID = "config_invalid"
     # ``write_default_config`` found a file already there and did not touch it.
     CONFIG_EXISTS = "config_exists"
+    # The relay refused a request; the wire reason (``gateway.protocol.reasons.Reason``) is on
+    # the error as ``code``.
+    REFUSED = "refused"
 
 
 class GatewayError(Exception):

@@ -101,6 +101,8 @@ class Delivery:
     envelope: bytes
     lease_until: int
     attempts: int
+    # The gateway's audited acceptance time: recipients judge the sender key at it.
+    accepted_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ class MessageStatus:
     accepted_at: int
     expires_at: int
     recipients: tuple[RecipientState, ...]
+    # Receipts and rejections must name it (``receipt_mismatch`` otherwise).
+    header_hash: str = ""
+    token_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -436,14 +436,15 @@ class SqliteStore:
         def work(batch: _Batch) -> list[Delivery]:
             conn = batch.conn
             rows = conn.execute(
-                "SELECT d.message_id, m.sender, m.envelope, d.attempts FROM deliveries d"
+                "SELECT d.message_id, m.sender, m.envelope, d.attempts, m.accepted_at"
+                " FROM deliveries d"
                 " JOIN messages m ON m.message_id = d.message_id"
                 " WHERE d.recipient = ? AND d.state = 'pending' AND d.lease_until <= ?"
                 " AND m.expires_at > ? ORDER BY d.seq LIMIT ?",
                 (recipient, now, now, limit),
             ).fetchall()
             out = []
-            for message_id, sender, envelope, attempts in rows:
+            for message_id, sender, envelope, attempts, accepted_at in rows:
                 conn.execute(
                     "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1"
                     " WHERE message_id = ? AND recipient = ?",
@@ -451,7 +452,13 @@ class SqliteStore:
                 )
                 out.append(
                     Delivery(
-                        message_id, recipient, sender, bytes(envelope), now + lease_s, attempts + 1
+                        message_id,
+                        recipient,
+                        sender,
+                        bytes(envelope),
+                        now + lease_s,
+                        attempts + 1,
+                        int(accepted_at),
                     )
                 )
             return out
@@ -534,7 +541,8 @@ class SqliteStore:
     async def message_status(self, message_id: str) -> MessageStatus | None:
         def work(batch: _Batch) -> MessageStatus | None:
             m = batch.conn.execute(
-                "SELECT sender, accepted_at, expires_at FROM messages WHERE message_id = ?",
+                "SELECT sender, accepted_at, expires_at, header_hash, token_id FROM messages"
+                " WHERE message_id = ?",
                 (message_id,),
             ).fetchone()
             if m is None:
@@ -550,6 +558,8 @@ class SqliteStore:
                 int(m[1]),
                 int(m[2]),
                 tuple(RecipientState(r[0], DeliveryState(r[1]), int(r[2]), r[3]) for r in rows),
+                header_hash=str(m[3]),
+                token_id=str(m[4]),
             )
 
         result: MessageStatus | None = await self._submit(work)
@@ -567,7 +577,10 @@ class SqliteStore:
             ).fetchall()
             out = [Purged(r[0], r[1], r[2]) for r in rows]
             for p in out:
-                batch.append(audit_for(p), self._leaf_hash(audit_for(p)))
+                # One record per delivery: calling ``audit_for`` twice would store one salt
+                # and hash another, and the entry would no longer match its leaf.
+                record = audit_for(p)
+                batch.append(record, self._leaf_hash(record))
                 _end_delivery(
                     batch.conn, batch, signer, p, DeliveryState.EXPIRED, EventKind.EXPIRY, now, b""
                 )

@@ -1,0 +1,293 @@
+"""A typed async client of the gateway's partner API v1.
+
+Rules kept here:
+
+* Imports ``gateway.protocol`` and ``keys`` only, never the relay service (DESIGN.md).
+* mTLS with ``keys.tlsidentity.client_context``: the partner's certificate, only the covenant's
+  trust anchors, host name checked. ``HTTPS_PROXY`` is honoured (``trust_env``).
+* Refusals arrive as problem+json; a transient one (``transient: true``, or a 429/503 without a
+  document) is retried with bounded exponential backoff, waiting at least ``Retry-After``; a
+  final one, or the last transient one, raises ``RefusedError`` carrying the ``Reason``.
+* Bytes the gateway signs (receipts, sender events) are returned as the exact bytes received;
+  the caller verifies them with ``gateway.protocol.receipts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+import aiohttp
+
+from adapters.errors import AdapterError
+from gateway.protocol.envelope import CONTENT_TYPE as ENVELOPE_CONTENT_TYPE
+from gateway.protocol.reasons import Reason
+
+TOKEN_CONTENT_TYPE: Final = "application/vnd.ketenpost.token+msgpack"
+REVOCATION_CONTENT_TYPE: Final = "application/vnd.ketenpost.revocation+msgpack"
+DEFAULT_ATTEMPTS: Final = 4
+MAX_BACKOFF_S: Final = 30.0
+
+
+class RefusedError(AdapterError):
+    """The gateway refused a request with ``reason`` (``None``: no reason code, e.g. a 400)."""
+
+    def __init__(
+        self, status: int, reason: Reason | None, detail: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{reason.value if reason else status}: {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        if self.reason is not None:
+            return self.reason.transient
+        return self.status in (429, 503)
+
+
+class GatewayUnreachableError(AdapterError):
+    """The gateway could not be reached (connection or TLS failure) after the retries."""
+
+
+@dataclass(frozen=True)
+class SubmitReceipt:
+    message_id: str
+    receipt: bytes
+    leaf_index: int
+    first_time: bool
+
+
+@dataclass(frozen=True)
+class InboxDelivery:
+    message_id: str
+    sender: str
+    envelope: bytes
+    lease_until: int
+    attempts: int
+    accepted_at: int
+
+
+@dataclass(frozen=True)
+class InboxEvent:
+    event_id: int
+    message_id: str
+    kind: str
+    event: bytes
+    created_at: int
+
+
+@dataclass(frozen=True)
+class InboxBatch:
+    deliveries: list[InboxDelivery]
+    events: list[InboxEvent]
+
+
+def _unb64(value: str) -> bytes:
+    return base64.b64decode(value, validate=True)
+
+
+class GatewayClient:
+    """One partner's connection to the gateway. Use as ``async with GatewayClient(...)``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        ssl_context: ssl.SSLContext,
+        *,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff_s: float = 0.2,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._ssl = ssl_context
+        self._attempts = max(1, attempts)
+        self._backoff = backoff_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> GatewayClient:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl), trust_env=True, timeout=self._timeout
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- transport -------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        payload: Any = None,
+        content_type: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, bytes, str]:
+        if self._session is None:
+            raise AdapterError("use the client inside 'async with'")
+        headers = {"Content-Type": content_type} if content_type else {}
+        last: RefusedError | None = None
+        for attempt in range(self._attempts):
+            try:
+                async with self._session.request(
+                    method,
+                    self._base + path,
+                    data=data,
+                    json=payload,
+                    headers=headers,
+                    params=params,
+                ) as response:
+                    body = await response.read()
+                    if response.status < 400:
+                        return response.status, body, response.content_type
+                    last = self._refusal(response.status, body, response.headers)
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                if attempt == self._attempts - 1:
+                    raise GatewayUnreachableError(f"gateway unreachable: {exc}") from exc
+                await asyncio.sleep(min(MAX_BACKOFF_S, self._backoff * 2**attempt))
+                continue
+            if not last.transient or attempt == self._attempts - 1:
+                raise last
+            delay = min(MAX_BACKOFF_S, self._backoff * 2**attempt)
+            await asyncio.sleep(max(delay, min(MAX_BACKOFF_S, last.retry_after or 0.0)))
+        raise AdapterError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    @staticmethod
+    def _refusal(status: int, body: bytes, headers: Any) -> RefusedError:
+        retry_after: float | None = None
+        raw_retry = headers.get("Retry-After")
+        if raw_retry is not None and raw_retry.isdigit():
+            retry_after = float(raw_retry)
+        reason: Reason | None = None
+        detail = ""
+        try:
+            doc = json.loads(body)
+            if isinstance(doc, dict):
+                detail = str(doc.get("detail", doc.get("title", "")))
+                if "reason" in doc:
+                    reason = Reason(doc["reason"])
+        except ValueError:
+            detail = body[:200].decode("utf-8", "replace")
+        return RefusedError(status, reason, detail, retry_after)
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        _status, body, _ctype = await self._request(method, path, **kwargs)
+        return json.loads(body)
+
+    # -- API -------------------------------------------------------------------------------
+
+    async def submit(self, envelope: bytes) -> SubmitReceipt:
+        """POST /v1/messages; the signed acceptance receipt bytes (msgpack SignedObject)."""
+        doc = await self._json(
+            "POST", "/v1/messages", data=envelope, content_type=ENVELOPE_CONTENT_TYPE
+        )
+        return SubmitReceipt(
+            doc["message_id"], _unb64(doc["receipt"]), doc["leaf_index"], doc["first_time"]
+        )
+
+    async def inbox(self, *, wait_s: float = 0.0, limit: int = 100) -> InboxBatch:
+        doc = await self._json(
+            "GET", "/v1/inbox", params={"wait": str(wait_s), "limit": str(limit)}
+        )
+        return InboxBatch(
+            [
+                InboxDelivery(
+                    d["message_id"],
+                    d["sender"],
+                    _unb64(d["envelope"]),
+                    d["lease_until"],
+                    d["attempts"],
+                    d["accepted_at"],
+                )
+                for d in doc["deliveries"]
+            ],
+            [
+                InboxEvent(
+                    e["event_id"], e["message_id"], e["kind"], _unb64(e["event"]), e["created_at"]
+                )
+                for e in doc["events"]
+            ],
+        )
+
+    async def send_receipts(
+        self,
+        receipts: Sequence[bytes] = (),
+        rejections: Sequence[bytes] = (),
+        acks: Sequence[int] = (),
+    ) -> dict[str, int]:
+        """POST /v1/receipts: signed receipts/rejections (msgpack SignedObjects), event acks."""
+        doc: dict[str, int] = await self._json(
+            "POST",
+            "/v1/receipts",
+            payload={
+                "receipts": [base64.b64encode(r).decode() for r in receipts],
+                "rejections": [base64.b64encode(r).decode() for r in rejections],
+                "acks": list(acks),
+            },
+        )
+        return doc
+
+    async def message_status(self, message_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json("GET", f"/v1/messages/{message_id}")
+        return doc
+
+    async def register_token(self, signed_token: bytes) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json(
+            "POST", "/v1/approaches", data=signed_token, content_type=TOKEN_CONTENT_TYPE
+        )
+        return doc
+
+    async def revoke_token(self, token_id: str, signed_revocation: bytes) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json(
+            "POST",
+            f"/v1/approaches/{token_id}/revocation",
+            data=signed_revocation,
+            content_type=REVOCATION_CONTENT_TYPE,
+        )
+        return doc
+
+    async def approach(self, token_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json("GET", f"/v1/approaches/{token_id}")
+        return doc
+
+    async def directory_bundle(self) -> bytes:
+        """GET /v1/directory: the bundle JSON (``keys.signed_directory.decode_bundle``)."""
+        _status, body, _ctype = await self._request("GET", "/v1/directory")
+        return body
+
+    async def checkpoint(self) -> str:
+        _status, body, _ctype = await self._request("GET", "/v1/audit/checkpoint")
+        return body.decode("utf-8")
+
+    async def inclusion_proof(self, index: int, size: int | None = None) -> dict[str, Any]:
+        params = {"index": str(index)} | ({"size": str(size)} if size is not None else {})
+        doc: dict[str, Any] = await self._json("GET", "/v1/audit/proof", params=params)
+        return doc
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json(
+            "GET", "/v1/audit/proof", params={"from": str(old_size), "to": str(new_size)}
+        )
+        return doc

@@ -1,0 +1,462 @@
+"""The aiohttp applications: the partner API v1 (HTTPS, mTLS) and the operator listener.
+
+Rules kept here:
+
+* Runtime objects live under typed ``web.AppKey``s on the application; they are opened and
+  closed in ``cleanup_ctx`` (store, expiry sweeper, metric refresher). No globals.
+* Every partner API response carries ``API-Version: 1``, also errors and 404s.
+* The caller is whoever the TLS client certificate names (``keys.tlsidentity.identify_peer``
+  against the last verified directory); nothing in a request body or header is believed about
+  who is calling.
+* Refusals are ``application/problem+json`` (RFC 9457) built by ``reasons.problem``, with
+  ``Retry-After`` on ``rate_limited``. A request that is not even shaped right (a query
+  parameter that is not a number, a body that is not the JSON asked for) gets a plain
+  ``about:blank`` problem with status 400: there is no relay reason for it.
+* Binary objects (envelopes, signed receipts and events, tokens) travel as the request body in
+  their own content types, or base64 inside JSON answers; the bytes are never re-encoded.
+* The operator listener is plain HTTP: ``/metrics``, ``/healthz`` (the process is alive) and
+  ``/readyz`` (this replica can reach its store — nothing more, so an expiring directory never
+  takes every replica out of the load balancer at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from gateway.metrics import UNMATCHED_ROUTE, GatewayMetrics
+from gateway.protocol.reasons import PROBLEM_CONTENT_TYPE, problem
+from gateway.relay import Refusal, Relay
+from gateway.signer import GatewaySigner
+from keys import Partner
+from keys.signed_directory import encode_bundle, read_bundle
+
+logger = logging.getLogger("gateway.app")
+
+API_VERSION: Final = "1"
+TOKEN_CONTENT_TYPE: Final = "application/vnd.ketenpost.token+msgpack"
+REVOCATION_CONTENT_TYPE: Final = "application/vnd.ketenpost.revocation+msgpack"
+# Slack above the envelope limit for aiohttp's own body limit; the relay judges the exact size.
+BODY_SLACK_BYTES: Final = 1024
+# Bodies other than envelopes (tokens, revocations, receipt batches) are small.
+MAX_SMALL_BODY_BYTES: Final = 4 * 1024 * 1024
+
+
+@dataclass
+class Runtime:
+    """What the applications need at run time; built by ``gateway.server`` or a test."""
+
+    relay: Relay
+    signer: GatewaySigner
+    metrics: GatewayMetrics
+    bundle_dir: Path | None = None
+    # Real seconds between sweeps and gauge refreshes; 0 disables the background tasks
+    # (tests drive ``relay.sweep_expired`` themselves with a manual clock).
+    sweep_interval_s: float = 10.0
+    open_store: bool = True
+
+
+RUNTIME: Final = web.AppKey("runtime", Runtime)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def problem_response(refusal: Refusal) -> web.Response:
+    headers = {}
+    if refusal.retry_after is not None:
+        headers["Retry-After"] = str(refusal.retry_after)
+    return web.json_response(
+        problem(refusal.code, refusal.detail),
+        status=refusal.code.status,
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def bad_request(detail: str, status: int = 400) -> web.Response:
+    return web.json_response(
+        {"type": "about:blank", "title": "Bad Request", "status": status, "detail": detail},
+        status=status,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+def _peer_der(request: web.Request) -> bytes | None:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    der: bytes | None = ssl_object.getpeercert(binary_form=True)
+    return der or None
+
+
+def _caller(request: web.Request) -> Partner:
+    runtime = request.app[RUNTIME]
+    return runtime.relay.authenticate(_peer_der(request), runtime.relay.clock.now())
+
+
+def _int_query(request: web.Request, name: str, default: int | None = None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise web.HTTPBadRequest(reason=f"{name} is required")
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} is not an integer") from None
+    if value < 0:
+        raise web.HTTPBadRequest(reason=f"{name} is negative")
+    return value
+
+
+# -- middleware and signals -----------------------------------------------------------------
+
+
+@web.middleware
+async def _refusals(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+    except Refusal as refusal:
+        status = refusal.code.status
+        return problem_response(refusal)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status >= 400:
+            return bad_request(exc.reason, exc.status)
+        raise
+    else:
+        status = response.status
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED_ROUTE
+        runtime.metrics.observe_request(
+            route, request.method, status, time.perf_counter() - started
+        )
+
+
+async def _api_version(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["API-Version"] = API_VERSION
+
+
+# -- partner API handlers -------------------------------------------------------------------
+
+
+async def submit_message(request: web.Request) -> web.Response:
+    relay = request.app[RUNTIME].relay
+    limit = relay.limits.max_envelope_bytes
+    body: bytes | None
+    if request.content_length is not None and request.content_length > limit:
+        body = None
+    else:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            body = None
+    result = await relay.submit(body, _peer_der(request))
+    return web.json_response(
+        {
+            "message_id": result.message_id,
+            "receipt": _b64(result.receipt),
+            "leaf_index": result.leaf_index,
+            "first_time": result.first_time,
+        },
+        status=202,
+    )
+
+
+async def inbox(request: web.Request) -> web.Response:
+    partner = _caller(request)
+    relay = request.app[RUNTIME].relay
+    try:
+        wait_s = float(request.query.get("wait", "0"))
+    except ValueError:
+        raise web.HTTPBadRequest(reason="wait is not a number") from None
+    if not wait_s >= 0:  # also refuses NaN
+        raise web.HTTPBadRequest(reason="wait is negative")
+    limit = _int_query(request, "limit", relay.limits.max_batch)
+    box = await relay.inbox(partner, wait_s, limit)
+    return web.json_response(
+        {
+            "deliveries": [
+                {
+                    "message_id": d.message_id,
+                    "sender": d.sender,
+                    "envelope": _b64(d.envelope),
+                    "lease_until": d.lease_until,
+                    "attempts": d.attempts,
+                    "accepted_at": d.accepted_at,
+                }
+                for d in box.deliveries
+            ],
+            "events": [
+                {
+                    "event_id": e.event_id,
+                    "message_id": e.message_id,
+                    "kind": e.kind.value,
+                    "event": _b64(e.signed),
+                    "created_at": e.created_at,
+                }
+                for e in box.events
+            ],
+        }
+    )
+
+
+def _b64_list(document: dict[str, Any], name: str) -> list[bytes]:
+    items = document.get(name, [])
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise web.HTTPBadRequest(reason=f"{name} must be a list of base64 strings")
+    try:
+        return [base64.b64decode(i, validate=True) for i in items]
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} holds invalid base64") from None
+
+
+async def post_receipts(request: web.Request) -> web.Response:
+    partner = _caller(request)
+    try:
+        document = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(reason="body is not JSON") from None
+    if not isinstance(document, dict):
+        raise web.HTTPBadRequest(reason="body is not a JSON object")
+    acks = document.get("acks", [])
+    if not isinstance(acks, list) or not all(
+        isinstance(a, int) and not isinstance(a, bool) for a in acks
+    ):
+        raise web.HTTPBadRequest(reason="acks must be a list of event ids")
+    outcome = await request.app[RUNTIME].relay.receipts(
+        partner, _b64_list(document, "receipts"), _b64_list(document, "rejections"), acks
+    )
+    return web.json_response(
+        {
+            "finished": outcome.finished,
+            "already_finished": outcome.already_finished,
+            "acked": outcome.acked,
+        }
+    )
+
+
+async def message_status(request: web.Request) -> web.Response:
+    partner = _caller(request)
+    status = await request.app[RUNTIME].relay.message_status(
+        request.match_info["message_id"], partner
+    )
+    return web.json_response(
+        {
+            "message_id": status.message_id,
+            "accepted_at": status.accepted_at,
+            "expires_at": status.expires_at,
+            "recipients": [
+                {
+                    "recipient": r.recipient,
+                    "state": r.state.value,
+                    "attempts": r.attempts,
+                    "finished_at": r.finished_at,
+                }
+                for r in status.recipients
+            ],
+        }
+    )
+
+
+async def register_approach(request: web.Request) -> web.Response:
+    partner = _caller(request)
+    body = await request.read()
+    registered = await request.app[RUNTIME].relay.register_token(body, partner)
+    row = registered.row
+    return web.json_response(
+        {
+            "token_id": row.token_id,
+            "token_hash": row.token_hash,
+            "registered_at": row.registered_at,
+            "first_time": registered.first_time,
+        },
+        status=201 if registered.first_time else 200,
+    )
+
+
+async def revoke_approach(request: web.Request) -> web.Response:
+    partner = _caller(request)
+    body = await request.read()
+    token_id = request.match_info["token_id"]
+    purged = await request.app[RUNTIME].relay.revoke_token(token_id, body, partner)
+    return web.json_response({"token_id": token_id, "purged": len(purged)})
+
+
+async def get_approach(request: web.Request) -> web.Response:
+    partner = _caller(request)
+    row, _token = await request.app[RUNTIME].relay.approach(request.match_info["token_id"], partner)
+    return web.json_response(
+        {
+            "token_id": row.token_id,
+            "coordinator": row.coordinator,
+            "token_hash": row.token_hash,
+            "token": _b64(row.signed),
+            "registered_at": row.registered_at,
+            "revoked_at": row.revoked_at,
+            "supersedes": row.supersedes,
+            "superseded_by": row.superseded_by,
+        }
+    )
+
+
+async def get_directory(request: web.Request) -> web.Response:
+    _caller(request)
+    folder = request.app[RUNTIME].bundle_dir
+    if folder is None:
+        raise web.HTTPNotFound(reason="this gateway serves no directory bundle")
+    bundle = await asyncio.to_thread(read_bundle, folder)
+    return web.Response(body=encode_bundle(bundle), content_type="application/json")
+
+
+async def get_checkpoint(request: web.Request) -> web.Response:
+    _caller(request)
+    runtime = request.app[RUNTIME]
+    head = await runtime.relay.store_call("audit_head", runtime.relay.store.audit_head())
+    note = head.checkpoint or runtime.signer.checkpoint(head.size, head.root)
+    return web.Response(text=note, content_type="text/plain", charset="utf-8")
+
+
+async def get_proof(request: web.Request) -> web.Response:
+    _caller(request)
+    relay = request.app[RUNTIME].relay
+    store = relay.store
+    head = await relay.store_call("audit_head", store.audit_head())
+    if "index" in request.query:
+        index = _int_query(request, "index")
+        size = _int_query(request, "size", head.size)
+        if not index < size <= head.size:
+            raise web.HTTPBadRequest(reason="need index < size <= the checkpointed tree size")
+        hashes = await relay.store_call("inclusion_proof", store.inclusion_proof(index, size))
+        leaves = await relay.store_call("audit_leaves", store.audit_leaves())
+        return web.json_response(
+            {
+                "leaf_index": index,
+                "tree_size": size,
+                "leaf_hash": _b64(leaves[index][1]),
+                "hashes": [_b64(h) for h in hashes],
+            }
+        )
+    old = _int_query(request, "from")
+    new = _int_query(request, "to", head.size)
+    if not 0 < old <= new <= head.size:
+        raise web.HTTPBadRequest(reason="need 0 < from <= to <= the checkpointed tree size")
+    hashes = await relay.store_call("consistency_proof", store.consistency_proof(old, new))
+    return web.json_response(
+        {"old_size": old, "new_size": new, "hashes": [_b64(h) for h in hashes]}
+    )
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+async def _periodic(runtime: Runtime) -> None:
+    """Expire undelivered messages and refresh the gauges, every ``sweep_interval_s``."""
+    while True:
+        await asyncio.sleep(runtime.sweep_interval_s)
+        try:
+            await runtime.relay.sweep_expired()
+            await runtime.relay.refresh_metrics()
+        except Exception:  # a failed sweep is retried next interval; the process stays up
+            logger.exception("sweep_failed")
+
+
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    if runtime.open_store:
+        await runtime.relay.store.open()
+    task = (
+        asyncio.create_task(_periodic(runtime), name="ketenpost-sweeper")
+        if runtime.sweep_interval_s > 0
+        else None
+    )
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if runtime.open_store:
+            await runtime.relay.store.close()
+
+
+def create_partner_app(runtime: Runtime) -> web.Application:
+    """The partner API v1. Owns the runtime's lifecycle (store, sweeper) via ``cleanup_ctx``."""
+    app = web.Application(
+        middlewares=[_refusals],
+        client_max_size=max(runtime.relay.limits.max_envelope_bytes, MAX_SMALL_BODY_BYTES)
+        + BODY_SLACK_BYTES,
+    )
+    app[RUNTIME] = runtime
+    app.on_response_prepare.append(_api_version)
+    app.cleanup_ctx.append(_runtime_ctx)
+    app.router.add_post("/v1/messages", submit_message)
+    app.router.add_get("/v1/messages/{message_id}", message_status)
+    app.router.add_get("/v1/inbox", inbox)
+    app.router.add_post("/v1/receipts", post_receipts)
+    app.router.add_post("/v1/approaches", register_approach)
+    app.router.add_post("/v1/approaches/{token_id}/revocation", revoke_approach)
+    app.router.add_get("/v1/approaches/{token_id}", get_approach)
+    app.router.add_get("/v1/directory", get_directory)
+    app.router.add_get("/v1/audit/checkpoint", get_checkpoint)
+    app.router.add_get("/v1/audit/proof", get_proof)
+    return app
+
+
+# -- operator listener ---------------------------------------------------------------------
+
+READY_TIMEOUT_S: Final = 2.0
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[RUNTIME].metrics
+    body, content_type = metrics.exposition(request.headers.get("Accept"))
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store = request.app[RUNTIME].relay.store
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await store.ping()
+    except Exception as exc:  # any failure to reach the store means not ready
+        return web.json_response({"status": "not ready", "error": type(exc).__name__}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def create_operator_app(runtime: Runtime) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,152 @@
+"""``ketenpost serve``, ``ketenpost store migrate`` and ``ketenpost audit verify``.
+
+Rules kept here (house rule 10): data to stdout, ``ketenpost: error: <one line>`` to stderr;
+exit 0 on success, 2 for a bad configuration (as ``config check``), 1 for any other failure
+(a store that cannot be opened, an audit log that does not verify).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Final
+
+from gateway.audit import AuditVerifyError, verify_log
+from gateway.config import GatewayConfig, apply_cli_overrides, load_config
+from gateway.errors import ConfigError
+from gateway.logs import configure_logging
+from gateway.relay import audit_leaf_hash
+from gateway.server import serve, sqlite_path
+from gateway.signer import GatewaySigner
+from gateway.store.errors import StoreError
+from gateway.store.sqlite import SqliteStore
+from keys import KeysError, KeyUse
+from keys.keyfile import load_ed25519_key
+
+PROG: Final = "ketenpost"
+EXIT_FAILED: Final = 1
+EXIT_BAD_CONFIG: Final = 2
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve``, ``store migrate`` and ``audit verify``."""
+    s = subparsers.add_parser(
+        "serve",
+        help="run the gateway (HTTPS partner API and plain-HTTP operator listener)",
+        epilog="example: ketenpost serve --config dev/gateway.toml --listen 127.0.0.1:8443",
+    )
+    _config_arg(s)
+    s.add_argument("--listen", metavar="HOST:PORT", help="partner API address (HTTPS)")
+    s.add_argument("--metrics-listen", metavar="HOST:PORT", help="/metrics, /healthz, /readyz")
+    s.add_argument("--store", metavar="URL", help="store URL (sqlite:///ABSOLUTE/PATH)")
+    s.set_defaults(handler=run_serve)
+
+    store = subparsers.add_parser("store", help="store maintenance")
+    verbs = store.add_subparsers(dest="store_command", required=True, metavar="VERB")
+    migrate = verbs.add_parser(
+        "migrate",
+        help="apply pending schema migrations",
+        epilog="example: ketenpost store migrate --config dev/gateway.toml --dry-run",
+    )
+    _config_arg(migrate)
+    migrate.add_argument("--store", metavar="URL", help="store URL (overrides the config)")
+    migrate.add_argument("--dry-run", action="store_true", help="list, apply nothing")
+    migrate.set_defaults(handler=run_migrate)
+
+    audit = subparsers.add_parser("audit", help="audit log")
+    averbs = audit.add_subparsers(dest="audit_command", required=True, metavar="VERB")
+    verify = averbs.add_parser(
+        "verify",
+        help="recompute the Merkle tree and check every checkpoint and entry",
+        epilog="example: ketenpost audit verify --config dev/gateway.toml",
+    )
+    _config_arg(verify)
+    verify.add_argument("--store", metavar="URL", help="store URL (overrides the config)")
+    verify.set_defaults(handler=run_audit_verify)
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE")
+
+
+def _load(args: argparse.Namespace) -> GatewayConfig:
+    config = load_config(args.config, environ=os.environ)
+    return apply_cli_overrides(
+        config,
+        listen=getattr(args, "listen", None),
+        metrics_listen=getattr(args, "metrics_listen", None),
+        store=getattr(args, "store", None),
+        cwd=Path.cwd(),
+    )
+
+
+def _error(message: object, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return _error(exc, EXIT_BAD_CONFIG)
+    configure_logging(config.log.level)
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as exc:
+        return _error(exc, EXIT_BAD_CONFIG)
+    except (KeysError, StoreError, OSError) as exc:
+        return _error(exc, EXIT_FAILED)
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+        path = sqlite_path(config)
+    except ConfigError as exc:
+        return _error(exc, EXIT_BAD_CONFIG)
+    try:
+        applied = SqliteStore.migrate(path, dry_run=args.dry_run)
+    except Exception as exc:  # sqlite3 and OS errors: one line, exit 1
+        return _error(exc, EXIT_FAILED)
+    print(json.dumps({"store": str(path), "dry_run": args.dry_run, "migrations": applied}))
+    return 0
+
+
+async def _verify(config: GatewayConfig) -> dict[str, int]:
+    passphrase = config.keys.passphrase.reveal().encode() if config.keys.passphrase else None
+    key = load_ed25519_key(config.keys.sign_key, KeyUse.SIGN, passphrase)
+    signer = GatewaySigner(key, config.gateway.origin)
+    store = SqliteStore(sqlite_path(config), signer, audit_leaf_hash)
+    await store.open()
+    try:
+        leaves = await store.audit_leaves()
+        checkpoints = await store.checkpoints()
+    finally:
+        await store.close()
+    report = verify_log(
+        leaves, checkpoints, origin=config.gateway.origin, public_key=signer.public_key
+    )
+    return {
+        "leaves": report.leaves,
+        "entries_checked": report.entries_checked,
+        "checkpoints_checked": report.checkpoints_checked,
+    }
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return _error(exc, EXIT_BAD_CONFIG)
+    try:
+        result = asyncio.run(_verify(config))
+    except (AuditVerifyError, KeysError, StoreError) as exc:
+        return _error(exc, EXIT_FAILED)
+    print(json.dumps({"ok": True, **result}))
+    return 0

@@ -1,0 +1,865 @@
+"""The relay decision, approach registration and revocation, and delivery.
+
+Rules kept here (DESIGN.md "The relay decision", "Delivery", "Audit log"):
+
+* ``Relay.submit`` checks an envelope in exactly DESIGN.md's order; the first failing check
+  refuses it with a ``Reason``: TLS identity is a partner (``unknown_sender``); size
+  (``envelope_too_large``); rate (``rate_limited``, with Retry-After); envelope decodes, version,
+  suite (``malformed_envelope``, ``unknown_version``, ``unknown_suite``) and the recipient
+  limit (``too_many_recipients``); the directory is current (``directory_expired``, transient);
+  TLS identity is the header's sender (``sender_mismatch``); the outer signature under a key
+  usable at the receive time (``bad_signature``, ``key_*``); ``created_at`` not beyond the skew
+  in the future (``created_in_future``); ``expires_at`` not passed (``expired``). Then, **inside
+  the store transaction** (the ``TokenCheck`` callback sees the token row as that transaction
+  does, so a revocation committing concurrently is never overtaken): id not already accepted
+  (the store: same bytes give the first receipt, other bytes ``duplicate_id``); token named
+  (``no_token``: the all-zero token id) and registered (``token_not_registered``, transient) with
+  the header's hash; token signature; issuer, coordinator, key, validity, revocation,
+  supersession, policy (``token.check_token_status``); ``expires_at`` within the message
+  lifetime; ``token.check_use`` (valid_until, subjects, participants, policy ∩ token); every
+  recipient kid a usable ``encrypt`` key of that recipient (``recipient_key_invalid``).
+* Only the token's **signature** check is cached, keyed by the registered token hash; status,
+  validity, subjects, participants, types and keys run for every message.
+* Every refusal is counted (``ketenpost_refused_total{reason,sender}``) and audited. A refusal
+  before the outer signature verified records only the TLS identity, the header hash (when the
+  header decoded) and the reason (``AuditEntry.unverified_refusal``): nothing else in such a
+  header is authenticated. If a refusal's audit entry cannot be written the answer becomes
+  ``audit_unavailable``; if the store cannot commit, ``store_unavailable`` (both transient).
+* Times: one ``now`` per operation from the injected ``Clock``; nothing reads the clock below.
+* An expired directory stops new acceptances (``directory_expired``) but never delivery:
+  authentication, inboxes, receipts and revocations use the last verified directory.
+"""
+
+# The decision is a ladder of checks inside one ``try``: each rung raises a ``Refusal`` that
+# is caught once, counted and audited. Moving each ``raise`` into a helper (TRY301) would hide
+# the order DESIGN.md fixes.
+# ruff: noqa: TRY301
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol, TypeVar
+
+import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.clock import Clock
+from gateway.config import LimitsSettings
+from gateway.errors import GatewayError, GatewayReason
+from gateway.metrics import UNKNOWN_SENDER, GatewayMetrics, QueueStats
+from gateway.protocol.auditentry import (
+    AuditDecision,
+    AuditEntry,
+    AuditEntryError,
+    entry_leaf,
+    seal_entry,
+)
+from gateway.protocol.envelope import (
+    DecodedEnvelope,
+    EnvelopeError,
+    EnvelopeReason,
+    Header,
+    decode_envelope,
+    verify_signature,
+)
+from gateway.protocol.errors import PolicyError, ProtocolError, TokenError
+from gateway.protocol.merkle import leaf_hash
+from gateway.protocol.policy import Policy, policy_from_directory
+from gateway.protocol.reasons import Reason
+from gateway.protocol.receipts import (
+    DeliveryReceipt,
+    Rejection,
+    verify_delivery_receipt,
+    verify_rejection,
+)
+from gateway.protocol.signed import SignedObject
+from gateway.protocol.token import (
+    ApproachToken,
+    TokenStatus,
+    check_token_status,
+    check_use,
+    decode_signed,
+    encode_signed,
+    token_hash,
+    verify_revocation,
+    verify_token_signature,
+)
+from gateway.ratelimit import RateLimiter
+from gateway.signer import decode_signed_object
+from gateway.store.base import (
+    AuditRecord,
+    Delivery,
+    DeliveryState,
+    MessageStatus,
+    Purged,
+    SenderEventRow,
+    Store,
+    Submission,
+    TokenRow,
+)
+from gateway.store.errors import DuplicateMessageError, StoreError
+from keys import (
+    CertificateError,
+    Directory,
+    DirectoryError,
+    KeysReason,
+    KeyStateError,
+    KeyUse,
+    Partner,
+    check_usable,
+)
+from keys.keypair import spki_kid
+from keys.tlsidentity import identify_peer
+
+logger = logging.getLogger("gateway.relay")
+
+_T = TypeVar("_T")
+
+# A header names "no approach token" with the all-zero token id: the field is required by the
+# header schema, and a real token id is 128 random bits.
+NO_TOKEN_ID: Final = "0" * 32
+# Audit entries name a caller whose certificate maps to no partner by its tls kid; without a
+# certificate at all (never let through by the TLS context) by this marker.
+NO_CERTIFICATE: Final = "no-certificate"
+# How many verified token signatures to keep (one per live approach is plenty).
+TOKEN_CACHE_SIZE: Final = 4096
+
+_ENVELOPE_REASONS: Final = {
+    EnvelopeReason.TOO_LARGE: Reason.ENVELOPE_TOO_LARGE,
+    EnvelopeReason.MALFORMED: Reason.MALFORMED_ENVELOPE,
+    EnvelopeReason.STANZA_LENGTH: Reason.MALFORMED_ENVELOPE,
+    EnvelopeReason.UNKNOWN_VERSION: Reason.UNKNOWN_VERSION,
+    EnvelopeReason.UNKNOWN_SUITE: Reason.UNKNOWN_SUITE,
+    # An unknown sender key is as opaque as a bad signature to the outside.
+    EnvelopeReason.UNKNOWN_SENDER_KEY: Reason.BAD_SIGNATURE,
+    EnvelopeReason.BAD_SIGNATURE: Reason.BAD_SIGNATURE,
+}
+_KEY_REASONS: Final = {
+    KeysReason.KEY_NOT_YET_ACTIVE: Reason.KEY_NOT_YET_ACTIVE,
+    KeysReason.KEY_RETIRED: Reason.KEY_RETIRED,
+    KeysReason.KEY_REVOKED: Reason.KEY_REVOKED,
+    KeysReason.KEY_COMPROMISED: Reason.KEY_COMPROMISED,
+}
+
+
+class Refusal(GatewayError):
+    """The relay refused a request. ``code`` is the wire reason (``reasons.Reason``), which the
+    API renders as problem+json; ``retry_after`` (seconds) is set for ``rate_limited``."""
+
+    def __init__(self, code: Reason, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(f"{code.value}: {detail}", GatewayReason.REFUSED)
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class DirectorySource(Protocol):
+    """Where the relay gets the key directory."""
+
+    def current(self, now: int) -> Directory:
+        """The verified directory if still valid at ``now``; ``DirectoryError`` if expired."""
+        ...
+
+    def last(self) -> Directory:
+        """The last verified directory, expired or not (authentication and delivery)."""
+        ...
+
+
+class StaticDirectorySource:
+    """A fixed directory valid until ``expires_at`` (tests, and a gateway without refresh)."""
+
+    def __init__(self, directory: Directory, expires_at: int | None = None) -> None:
+        self.directory = directory
+        self.expires_at = expires_at
+
+    def current(self, now: int) -> Directory:
+        if self.expires_at is not None and now >= self.expires_at:
+            raise DirectoryError("the directory has expired", KeysReason.DIRECTORY_EXPIRED)
+        return self.directory
+
+    def last(self) -> Directory:
+        return self.directory
+
+
+class RelayStore(Store, Protocol):
+    """The store interface plus the in-process long-poll wake-up."""
+
+    async def wait(self, party: str, wait_s: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    message_id: str
+    receipt: bytes
+    leaf_index: int
+    first_time: bool
+
+
+@dataclass(frozen=True)
+class Inbox:
+    deliveries: list[Delivery]
+    events: list[SenderEventRow]
+
+
+@dataclass(frozen=True)
+class ReceiptOutcome:
+    finished: int
+    already_finished: int
+    acked: int
+
+
+@dataclass(frozen=True)
+class Registered:
+    row: TokenRow
+    first_time: bool
+
+
+def audit_leaf_hash(record: AuditRecord) -> bytes:
+    """The Merkle leaf hash of a stored audit record (``leaf_hash(entry_leaf(...))``)."""
+    return leaf_hash(entry_leaf(record.entry, record.salt))
+
+
+def _record(entry: AuditEntry, token_id: str | None) -> AuditRecord:
+    try:
+        sealed = seal_entry(entry)
+    except AuditEntryError as exc:
+        raise Refusal(Reason.AUDIT_UNAVAILABLE, f"audit entry: {exc}") from None
+    return AuditRecord(entry=sealed.entry_bytes, salt=sealed.salt, token_id=token_id)
+
+
+def _trace(header: Header) -> str:
+    return header.trace_id.split("-")[1]
+
+
+def _tls_identity(cert_der: bytes | None) -> str:
+    """The audit name of an unidentified caller: the tls kid of its certificate's key."""
+    if not cert_der:
+        return NO_CERTIFICATE
+    try:
+        certificate = x509.load_der_x509_certificate(cert_der)
+    except ValueError:
+        return NO_CERTIFICATE
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return spki_kid(spki)
+
+
+class Relay:
+    """The relay service's decisions over one store, one directory source and one clock."""
+
+    def __init__(
+        self,
+        *,
+        store: RelayStore,
+        directories: DirectorySource,
+        limits: LimitsSettings,
+        metrics: GatewayMetrics,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.directories = directories
+        self.limits = limits
+        self.metrics = metrics
+        self.clock = clock
+        self.rate = RateLimiter(limits.rate_per_s, limits.rate_burst)
+        # Verified token signatures by token hash: the one cache the design allows.
+        self._token_cache: OrderedDict[str, ApproachToken] = OrderedDict()
+        self._policies: dict[str, Policy] = {}
+
+    # -- identity ------------------------------------------------------------------------
+
+    def authenticate(self, cert_der: bytes | None, now: int) -> Partner:
+        """The partner the TLS peer certificate names (``unknown_sender`` if none)."""
+        if not cert_der:
+            raise Refusal(Reason.UNKNOWN_SENDER, "no client certificate")
+        try:
+            directory = self.directories.last()
+            return identify_peer(cert_der, directory, now)
+        except CertificateError as exc:
+            raise Refusal(Reason.UNKNOWN_SENDER, str(exc)) from None
+        except DirectoryError as exc:
+            raise Refusal(Reason.DIRECTORY_EXPIRED, str(exc)) from None
+
+    # -- the relay decision --------------------------------------------------------------
+
+    async def submit(self, body: bytes | None, cert_der: bytes | None) -> SubmitResult:
+        """Decide on one envelope (``body`` None: it exceeded the size limit unread).
+
+        Returns the acceptance receipt (the first one again for a retry of the same bytes).
+        Raises ``Refusal``. The refusal is counted and audited before it is raised.
+        """
+        started = time.perf_counter()
+        now = self.clock.now()
+        sender_label = UNKNOWN_SENDER
+        tls_identity = _tls_identity(cert_der)
+        header_hash: str | None = None
+        try:
+            partner = self.authenticate(cert_der, now)
+            sender_label = tls_identity = partner.id
+            if body is None or len(body) > self.limits.max_envelope_bytes:
+                raise Refusal(Reason.ENVELOPE_TOO_LARGE, "envelope exceeds the size limit")
+            retry_after = self.rate.take(partner.id, self.clock.monotonic())
+            if retry_after:
+                raise Refusal(
+                    Reason.RATE_LIMITED, "submission rate exceeded", retry_after=retry_after
+                )
+            decoded = self._decode(body)
+            header = decoded.header
+            header_hash = decoded.header_hash.hex()
+            if len(header.recipients) > self.limits.max_recipients:
+                raise Refusal(Reason.TOO_MANY_RECIPIENTS, "too many recipients")
+            try:
+                directory = self.directories.current(now)
+            except DirectoryError as exc:
+                raise Refusal(Reason.DIRECTORY_EXPIRED, str(exc)) from None
+            if header.sender != partner.id:
+                raise Refusal(
+                    Reason.SENDER_MISMATCH, "the header's sender is not the TLS client's partner"
+                )
+            self._verify_signature(decoded, directory, now)
+        except Refusal as refusal:
+            entry = AuditEntry.unverified_refusal(
+                now, tls_identity, header_hash, refusal.code.value
+            )
+            raise await self._refused(refusal, entry, None, sender_label) from None
+
+        # From here on the header is the sender's: refusals record its metadata.
+        self.metrics.observe_clock_offset(partner.id, float(now - header.created_at))
+        try:
+            if header.created_at > now + self.limits.clock_skew_s:
+                raise Refusal(Reason.CREATED_IN_FUTURE, "created_at is beyond the clock skew")
+            if header.expires_at <= now:
+                raise Refusal(Reason.EXPIRED, "expires_at has passed")
+            sub = Submission(
+                message_id=header.message_id,
+                sender=header.sender,
+                recipients=tuple(r.partner for r in header.recipients),
+                envelope=body,
+                envelope_hash=_sha256_hex(body),
+                header_hash=header_hash,
+                token_id=header.token_id,
+                message_type=header.message_type.value,
+                subjects=tuple(header.subjects),
+                policy_hash=directory.policy_hash,
+                trace_id=header.trace_id,
+                received_at=now,
+                expires_at=header.expires_at,
+            )
+            accepted = await self.store.accept(
+                sub, lambda row: self._token_check(row, header, header_hash, directory, now)
+            )
+        except DuplicateMessageError:
+            duplicate = Refusal(Reason.DUPLICATE_ID, "message id already accepted with other bytes")
+            raise await self._refused(
+                duplicate, self._entry(header, header_hash, directory, now, duplicate.code), header
+            ) from None
+        except StoreError as exc:
+            self.metrics.store_error("accept")
+            unavailable = Refusal(Reason.STORE_UNAVAILABLE, str(exc))
+            raise await self._refused(
+                unavailable,
+                self._entry(header, header_hash, directory, now, unavailable.code),
+                header,
+            ) from None
+        except Refusal as refusal:
+            raise await self._refused(
+                refusal, self._entry(header, header_hash, directory, now, refusal.code), header
+            ) from None
+        if accepted.first_time:
+            self.metrics.accepted(partner.id, sub.recipients, sub.message_type)
+            logger.info(
+                "message_accepted",
+                extra={
+                    "sender": partner.id,
+                    "message_id": sub.message_id,
+                    "type": sub.message_type,
+                    "count": len(sub.recipients),
+                },
+            )
+        self.metrics.observe_accept(time.perf_counter() - started)
+        return SubmitResult(
+            sub.message_id, accepted.receipt, accepted.leaf_index, accepted.first_time
+        )
+
+    @staticmethod
+    def _decode(body: bytes) -> DecodedEnvelope:
+        try:
+            return decode_envelope(body)
+        except EnvelopeError as exc:
+            raise Refusal(
+                _ENVELOPE_REASONS.get(exc.reason, Reason.MALFORMED_ENVELOPE), str(exc)
+            ) from None
+
+    @staticmethod
+    def _verify_signature(decoded: DecodedEnvelope, directory: Directory, now: int) -> None:
+        try:
+            verify_signature(decoded, directory, at=now)
+        except EnvelopeError as exc:
+            code = _ENVELOPE_REASONS.get(exc.reason, Reason.BAD_SIGNATURE)
+            if exc.reason is EnvelopeReason.SENDER_KEY_INVALID and exc.key_reason is not None:
+                code = _KEY_REASONS.get(exc.key_reason, Reason.BAD_SIGNATURE)
+            raise Refusal(code, str(exc)) from None
+
+    def _token_check(
+        self,
+        row: TokenRow | None,
+        header: Header,
+        header_hash: str,
+        directory: Directory,
+        now: int,
+    ) -> AuditRecord:
+        """The ``TokenCheck``: runs in the store's transaction, with the row as it sees it."""
+        if header.token_id == NO_TOKEN_ID:
+            raise Refusal(Reason.NO_TOKEN, "the envelope names no approach token")
+        if row is None:
+            raise Refusal(Reason.TOKEN_NOT_REGISTERED, "the approach token is not registered")
+        if header.token_hash != row.token_hash:
+            raise Refusal(Reason.TOKEN_HASH_MISMATCH, "token hash differs from the registered one")
+        try:
+            token = self._verified_token(row, directory)
+            check_token_status(
+                token,
+                directory,
+                now=now,
+                status=TokenStatus(
+                    registered_at=row.registered_at,
+                    revoked_at=row.revoked_at,
+                    superseded_by=row.superseded_by,
+                ),
+            )
+            if header.expires_at > now + self.limits.message_lifetime_s:
+                raise Refusal(Reason.EXPIRED, "expires_at lies beyond the message lifetime")
+            check_use(
+                token,
+                self._policy(directory),
+                directory,
+                now=now,
+                sender=header.sender,
+                recipients=[r.partner for r in header.recipients],
+                subjects=header.subjects,
+                message_type=header.message_type,
+                expires_at=header.expires_at,
+            )
+        except ProtocolError as exc:
+            raise Refusal(exc.reason, str(exc)) from None
+        for entry in header.recipients:
+            try:
+                key = directory.owned_key(entry.partner, entry.kid, KeyUse.ENCRYPT)
+                check_usable(key, now)
+            except (DirectoryError, KeyStateError):
+                raise Refusal(
+                    Reason.RECIPIENT_KEY_INVALID,
+                    f"the key for {entry.partner} is not a usable encrypt key",
+                ) from None
+        entry_ = self._entry(header, header_hash, directory, now, None)
+        return _record(entry_, header.token_id)
+
+    def _verified_token(self, row: TokenRow, directory: Directory) -> ApproachToken:
+        cached = self._token_cache.get(row.token_hash)
+        if cached is not None:
+            self._token_cache.move_to_end(row.token_hash)
+            return cached
+        token = verify_token_signature(decode_signed(row.signed), directory)
+        self._token_cache[row.token_hash] = token
+        while len(self._token_cache) > TOKEN_CACHE_SIZE:
+            self._token_cache.popitem(last=False)
+        return token
+
+    def _policy(self, directory: Directory) -> Policy:
+        policy = self._policies.get(directory.policy_hash)
+        if policy is None:
+            try:
+                policy = policy_from_directory(directory)
+            except PolicyError as exc:
+                raise Refusal(Reason.POLICY_INVALID, str(exc)) from None
+            # One entry per policy version; a covenant changes its policy rarely.
+            self._policies = {directory.policy_hash: policy}
+        return policy
+
+    @staticmethod
+    def _entry(
+        header: Header, header_hash: str, directory: Directory, now: int, reason: Reason | None
+    ) -> AuditEntry:
+        return AuditEntry(
+            time=now,
+            decision=AuditDecision.ACCEPTED if reason is None else AuditDecision.REFUSED,
+            reason=None if reason is None else reason.value,
+            sender=header.sender,
+            recipients=tuple(r.partner for r in header.recipients),
+            message_type=header.message_type,
+            token_id=header.token_id,
+            subjects=tuple(header.subjects),
+            policy_hash=directory.policy_hash,
+            header_hash=header_hash,
+            trace_id=_trace(header),
+        )
+
+    async def _refused(
+        self,
+        refusal: Refusal,
+        entry: AuditEntry,
+        header: Header | None,
+        sender: str | None = None,
+    ) -> Refusal:
+        """Count and audit ``refusal``; return what to raise (``audit_unavailable`` when the
+        entry cannot be written)."""
+        sender_label = sender if sender is not None else (header.sender if header else None)
+        self.metrics.refused(refusal.code.value, sender_label or UNKNOWN_SENDER)
+        token_id = header.token_id if header is not None else None
+        try:
+            await self.store.record_audit(_record(entry, token_id))
+        except (StoreError, Refusal) as exc:
+            self.metrics.audit_error()
+            logger.warning("audit_failed", extra={"reason": refusal.code.value, "error": exc})
+            if refusal.code is Reason.STORE_UNAVAILABLE:
+                return refusal
+            return Refusal(Reason.AUDIT_UNAVAILABLE, "the refusal could not be audited")
+        logger.info(
+            "message_refused",
+            extra={"reason": refusal.code.value, "sender": sender_label or UNKNOWN_SENDER},
+        )
+        return refusal
+
+    # -- approaches ----------------------------------------------------------------------
+
+    async def register_token(self, body: bytes, partner: Partner) -> Registered:
+        """Register a signed approach token; only its coordinating municipality may.
+
+        Idempotent for the same token bytes; another token under a registered id, or a token
+        superseding one already superseded, is ``token_conflict``.
+        """
+        now = self.clock.now()
+        try:
+            directory = self.directories.current(now)
+        except DirectoryError as exc:
+            raise self._count(Refusal(Reason.DIRECTORY_EXPIRED, str(exc)), partner)
+        try:
+            signed = decode_signed(body)
+            token = verify_token_signature(signed, directory)
+            if token.coordinator != partner.id:
+                raise Refusal(
+                    Reason.TOKEN_ISSUER_NOT_COORDINATING_MUNICIPALITY,
+                    "only the coordinating municipality registers its token",
+                )
+            check_token_status(token, directory, now=now, status=TokenStatus(registered_at=now))
+        except ProtocolError as exc:
+            raise self._count(Refusal(exc.reason, str(exc)), partner) from None
+        except Refusal as refusal:
+            raise self._count(refusal, partner) from None
+        digest = token_hash(signed)
+        try:
+            existing = await self.store.get_token(token.token_id)
+            if existing is not None:
+                if existing.token_hash != digest:
+                    raise Refusal(Reason.TOKEN_CONFLICT, "another token has this id")
+                return Registered(existing, first_time=False)
+            if token.supersedes is not None:
+                old = await self.store.get_token(token.supersedes)
+                if old is None:
+                    raise Refusal(
+                        Reason.TOKEN_NOT_REGISTERED, "the superseded token is not registered"
+                    )
+                if old.coordinator != token.coordinator or old.superseded_by is not None:
+                    raise Refusal(Reason.TOKEN_CONFLICT, "the superseded token cannot be replaced")
+            row = TokenRow(
+                token_id=token.token_id,
+                coordinator=token.coordinator,
+                token_hash=digest,
+                signed=encode_signed(signed),
+                valid_until=token.valid_until,
+                retention_until=token.retention_until,
+                registered_at=now,
+                supersedes=token.supersedes,
+            )
+            audit = _record(
+                AuditEntry(
+                    time=now,
+                    decision=AuditDecision.REGISTERED,
+                    sender=partner.id,
+                    recipients=tuple(sorted(token.participants)),
+                    token_id=token.token_id,
+                    subjects=tuple(sorted(token.subject_pseudonyms)),
+                    policy_hash=token.policy_hash,
+                ),
+                token.token_id,
+            )
+            stored = await self.store.register_token(row, audit)
+        except StoreError as exc:
+            self.metrics.store_error("register_token")
+            raise self._count(Refusal(Reason.STORE_UNAVAILABLE, str(exc)), partner) from None
+        except Refusal as refusal:
+            raise self._count(refusal, partner) from None
+        if stored.token_hash != digest:
+            raise self._count(Refusal(Reason.TOKEN_CONFLICT, "another token has this id"), partner)
+        self._token_cache[digest] = token
+        logger.info("token_registered", extra={"partner": partner.id})
+        return Registered(stored, first_time=stored.registered_at == now and stored == row)
+
+    async def revoke_token(self, token_id: str, body: bytes, partner: Partner) -> list[Purged]:
+        """Revoke a registered token with its coordinator's signed revocation; purge its
+        pending and leased deliveries (each becomes a ``purge`` sender event).
+
+        Uses the last verified directory: a revocation only ever narrows what is relayed, so
+        an expired directory must not hold it up.
+        """
+        now = self.clock.now()
+        directory = self.directories.last()
+        try:
+            row = await self.store.get_token(token_id)
+            if row is None:
+                raise Refusal(Reason.TOKEN_NOT_REGISTERED, "no such approach token")
+            if row.coordinator != partner.id:
+                raise Refusal(Reason.REVOCATION_NOT_ISSUER, "only the issuer revokes a token")
+            try:
+                signed = decode_signed(body)
+                token = self._verified_token(row, directory)
+                verify_revocation(signed, token, directory, now=now)
+            except TokenError as exc:
+                raise Refusal(exc.reason, str(exc)) from None
+            if row.revoked_at is not None:
+                return []
+            audit = _record(
+                AuditEntry(
+                    time=now,
+                    decision=AuditDecision.REVOKED,
+                    sender=partner.id,
+                    token_id=token_id,
+                ),
+                token_id,
+            )
+            purged = await self.store.revoke_token(token_id, now, encode_signed(signed), audit)
+        except StoreError as exc:
+            self.metrics.store_error("revoke_token")
+            raise self._count(Refusal(Reason.STORE_UNAVAILABLE, str(exc)), partner) from None
+        except Refusal as refusal:
+            raise self._count(refusal, partner) from None
+        if purged:
+            self.metrics.purged(Reason.TOKEN_REVOKED.value, len(purged))
+        logger.info("token_revoked", extra={"partner": partner.id, "count": len(purged)})
+        return purged
+
+    async def approach(self, token_id: str, partner: Partner) -> tuple[TokenRow, ApproachToken]:
+        """A registered token, for its participants only."""
+        row = await self.store_call("get_token", self.store.get_token(token_id))
+        if row is None:
+            raise Refusal(Reason.TOKEN_NOT_REGISTERED, "no such approach token")
+        try:
+            token = self._verified_token(row, self.directories.last())
+        except TokenError as exc:
+            raise Refusal(exc.reason, str(exc)) from None
+        if partner.id not in token.participants:
+            raise Refusal(Reason.SENDER_NOT_PARTICIPANT, "not a participant of this approach")
+        return row, token
+
+    def _count(self, refusal: Refusal, partner: Partner) -> Refusal:
+        self.metrics.refused(refusal.code.value, partner.id)
+        return refusal
+
+    # -- delivery ------------------------------------------------------------------------
+
+    async def inbox(self, partner: Partner, wait_s: float, limit: int) -> Inbox:
+        """Lease up to ``limit`` deliveries and sender events; wait up to ``wait_s`` (real
+        seconds, capped by ``max_wait_s``) for something to arrive."""
+        limit = max(1, min(limit, self.limits.max_batch))
+        wait_s = max(0.0, min(wait_s, float(self.limits.max_wait_s)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            now = self.clock.now()
+            deliveries = await self.store_call(
+                "claim", self.store.claim(partner.id, limit, now, self.limits.lease_s)
+            )
+            events = await self.store_call(
+                "events", self.store.events(partner.id, limit, now, self.limits.lease_s)
+            )
+            remaining = deadline - loop.time()
+            if deliveries or events or remaining <= 0:
+                break
+            await self.store.wait(partner.id, remaining)
+        if deliveries:
+            self.metrics.delivered(partner.id, len(deliveries))
+        return Inbox(deliveries, events)
+
+    async def receipts(
+        self,
+        partner: Partner,
+        receipts: Sequence[bytes],
+        rejections: Sequence[bytes],
+        acks: Sequence[int],
+    ) -> ReceiptOutcome:
+        """Verify every signed receipt and rejection first (nothing is applied if one fails),
+        then end those deliveries and acknowledge sender events.
+
+        A receipt must be signed by the caller, name the caller as recipient, and name a
+        message the caller is a recipient of with its header hash. One for a delivery already
+        ended is counted in ``already_finished`` (a retry after a lost answer).
+        """
+        now = self.clock.now()
+        directory = self.directories.last()
+        work: list[tuple[DeliveryState, str, bytes, MessageStatus, str | None]] = []
+        for raw, state in [(r, DeliveryState.DELIVERED) for r in receipts] + [
+            (r, DeliveryState.REJECTED) for r in rejections
+        ]:
+            try:
+                signed = decode_signed_object(raw)
+            except msgspec.DecodeError:
+                raise self._count(
+                    Refusal(Reason.BAD_RECEIPT_SIGNATURE, "not a signed object"), partner
+                ) from None
+            obj = self._verify_receipt(signed, state, directory, partner, now)
+            status = await self.store_call(
+                "message_status", self.store.message_status(obj.message_id)
+            )
+            if status is None:
+                raise self._count(Refusal(Reason.UNKNOWN_MESSAGE, "no such message"), partner)
+            if partner.id not in {r.recipient for r in status.recipients}:
+                raise self._count(
+                    Refusal(Reason.NOT_RECIPIENT, "not a recipient of this message"), partner
+                )
+            if obj.header_hash != status.header_hash:
+                raise self._count(
+                    Refusal(Reason.RECEIPT_MISMATCH, "receipt names another header hash"),
+                    partner,
+                )
+            reason = obj.reason.value if isinstance(obj, Rejection) else None
+            work.append((state, obj.message_id, raw, status, reason))
+        finished = already = 0
+        for state, message_id, raw, status, reason in work:
+            audit = _record(
+                AuditEntry(
+                    time=now,
+                    decision=AuditDecision.DELIVERED
+                    if state is DeliveryState.DELIVERED
+                    else AuditDecision.REJECTED,
+                    reason=reason,
+                    sender=status.sender,
+                    recipients=(partner.id,),
+                    token_id=status.token_id or None,
+                    header_hash=status.header_hash,
+                ),
+                status.token_id or None,
+            )
+            done = await self.store_call(
+                "finish", self.store.finish(message_id, partner.id, state, raw, now, audit)
+            )
+            if not done:
+                already += 1
+                continue
+            finished += 1
+            if reason is None:
+                self.metrics.acknowledged(partner.id)
+                self.metrics.observe_accept_to_receipt(float(max(0, now - status.accepted_at)))
+            else:
+                self.metrics.rejected(partner.id, reason)
+        acked = (
+            await self.store_call("ack_events", self.store.ack_events(partner.id, acks))
+            if acks
+            else 0
+        )
+        return ReceiptOutcome(finished, already, acked)
+
+    def _verify_receipt(
+        self,
+        signed: SignedObject,
+        state: DeliveryState,
+        directory: Directory,
+        partner: Partner,
+        now: int,
+    ) -> DeliveryReceipt | Rejection:
+        try:
+            # The key is judged at the gateway's receive time, not a recipient-chosen one.
+            if state is DeliveryState.DELIVERED:
+                return verify_delivery_receipt(
+                    signed, directory, now=now, recipient=partner.id, signed_at=now
+                )
+            return verify_rejection(signed, directory, now=now, recipient=partner.id, signed_at=now)
+        except ProtocolError as exc:
+            raise self._count(Refusal(exc.reason, str(exc)), partner) from None
+
+    async def message_status(self, message_id: str, partner: Partner) -> MessageStatus:
+        """State per recipient, for the message's sender only (others: ``unknown_message``,
+        so the answer does not reveal whether an id exists)."""
+        status = await self.store_call("message_status", self.store.message_status(message_id))
+        if status is None or status.sender != partner.id:
+            raise Refusal(Reason.UNKNOWN_MESSAGE, "no such message of yours")
+        return status
+
+    async def store_call(self, operation: str, awaitable: Awaitable[_T]) -> _T:
+        """Await a store operation; a store failure becomes ``store_unavailable``."""
+        try:
+            return await awaitable
+        except StoreError as exc:
+            self.metrics.store_error(operation)
+            raise Refusal(Reason.STORE_UNAVAILABLE, str(exc)) from None
+
+    # -- sweepers ------------------------------------------------------------------------
+
+    async def sweep_expired(self) -> int:
+        """Delete undelivered messages past ``expires_at``; each becomes an ``expiry`` sender
+        event and an audit entry. Returns how many deliveries ended."""
+        total = 0
+        while True:
+            now = self.clock.now()
+
+            def audit_for(p: Purged, now: int = now) -> AuditRecord:
+                return _record(
+                    AuditEntry(
+                        time=now,
+                        decision=AuditDecision.EXPIRED,
+                        sender=p.sender,
+                        recipients=(p.recipient,),
+                        count=1,
+                    ),
+                    None,
+                )
+
+            try:
+                ended = await self.store.expire(now, audit_for)
+            except StoreError:
+                self.metrics.store_error("expire")
+                raise
+            for p in ended:
+                self.metrics.expired(p.recipient)
+            total += len(ended)
+            # The store ends at most 1000 per call.
+            if len(ended) < 1000:
+                return total
+
+    async def refresh_metrics(self) -> None:
+        """Set the gauges that mirror state: queues, audit tree size, key expiries."""
+        now = self.clock.now()
+        stats = await self.store.queue_stats()
+        self.metrics.set_queue_stats(
+            {
+                s.recipient: QueueStats(
+                    s.depth,
+                    float(max(0, now - s.oldest_accepted_at))
+                    if s.oldest_accepted_at is not None
+                    else 0.0,
+                )
+                for s in stats
+            }
+        )
+        head = await self.store.audit_head()
+        self.metrics.set_audit_tree_size(head.size)
+        directory = self.directories.last()
+        expiries: dict[tuple[str, str], float] = {}
+        for p in directory.partners():
+            for key in p.keys:
+                if key.retire_at is None:
+                    continue
+                k = (p.id, key.use.value)
+                expiries[k] = min(expiries.get(k, float(key.retire_at)), float(key.retire_at))
+        self.metrics.set_key_expiries(expiries)
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
