@@ -49,6 +49,7 @@ from gateway.protocol.policy import allowed_types as policy_allowed_types
 from gateway.protocol.reasons import Reason
 from gateway.protocol.signed import SignedObject, sign_object, verify_object
 from gateway.protocol.types import (
+    NO_TOKEN_ID,
     ApproachKind,
     Kid,
     MessageType,
@@ -129,6 +130,8 @@ class ApproachToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     issuer_kid: Kid
 
     def __post_init__(self) -> None:
+        if NO_TOKEN_ID in (self.token_id, self.supersedes):
+            raise ValueError("the all-zero token id means 'no token' and is never issued")
         if self.valid_from >= self.valid_until:
             raise ValueError("valid_from must precede valid_until")
         if self.retention_until < self.valid_until:

@@ -51,6 +51,11 @@ class ApproachKind(enum.StrEnum):
     PERSON = "person"
 
 
+# The token id an envelope carries when it names no approach token: the relay refuses it with
+# ``no_token``, so no real token may have it (``token.ApproachToken`` refuses it).
+NO_TOKEN_ID = "0" * 32
+
+
 def new_pseudonym() -> str:
     """A fresh random 128-bit pseudonym (32 hex characters)."""
     return secrets.token_hex(16)

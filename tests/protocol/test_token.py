@@ -34,7 +34,7 @@ from gateway.protocol.token import (
     verify_token,
     verify_token_signature,
 )
-from gateway.protocol.types import ApproachKind, MessageType
+from gateway.protocol.types import NO_TOKEN_ID, ApproachKind, MessageType
 from keys import Directory, Ed25519KeyPair, KeyUse, Role
 from tests.protocol._builders_token import (
     DAY,
@@ -667,6 +667,12 @@ def test_token_helpers(world: World) -> None:
 
 
 def _vector() -> tuple[SignedObject, PrivatePartOpening, Ed25519KeyPair]:
+    return _vector_with_token_id("0" * 31 + "1")
+
+
+def _vector_with_token_id(
+    token_id: str,
+) -> tuple[SignedObject, PrivatePartOpening, Ed25519KeyPair]:
     policy = decode_policy(
         b'{"name":"Vector","version":1,"roles":{"municipality":{"legal_basis":[{"reference":'
         b'"Convenant art. 4","text":"Regie."}],"processing_activities":["vector/regie"]},'
@@ -695,7 +701,7 @@ def _vector() -> tuple[SignedObject, PrivatePartOpening, Ed25519KeyPair]:
         decision_reference="VLS-1",
         informing={"a" * 32: "Per brief."},
         now=T0,
-        token_id="0" * 32,
+        token_id=token_id,
         salt=bytes(32),
     )
     return signed, opening, key
@@ -703,8 +709,8 @@ def _vector() -> tuple[SignedObject, PrivatePartOpening, Ed25519KeyPair]:
 
 # Ed25519 is deterministic and every input above is fixed, so these pin the byte layout of the
 # checked part, the private-part commitment and the token hash.
-VECTOR_COMMITMENT = "7f4558f6294ed485908b7c32e1a537f0434f8e81c7de4267942adca1c90f03bf"
-VECTOR_TOKEN_HASH = "1c21936b464d03626a3bbdb0d0c9a8d5d330b59517629356804d1e689dd25185"
+VECTOR_COMMITMENT = "19f5b245315a851623bb3ddf89d37d694640a9bacf2c348ea75f6b8c185e7794"
+VECTOR_TOKEN_HASH = "0f4558b1ca2b35edc4f952765edcc22810391bd11bb2443f55e2fec84a593490"
 
 
 def test_token_vector() -> None:
@@ -713,3 +719,10 @@ def test_token_vector() -> None:
     assert opening.commitment() == VECTOR_COMMITMENT
     assert token_hash(signed) == VECTOR_TOKEN_HASH
     assert signed.sig == key.sign(labels.framed(labels.TOKEN, signed.payload))
+
+
+def test_the_no_token_id_is_never_issued() -> None:
+    # The relay reads the all-zero id as "the envelope names no token" (``no_token``).
+    with pytest.raises(TokenError) as caught:
+        _vector_with_token_id(NO_TOKEN_ID)
+    assert caught.value.reason is Reason.TOKEN_MALFORMED
