@@ -1,0 +1,1263 @@
+"""The adapter runtime: one partner's outbox, inbox, receipts, witnessing and directory.
+
+A transport (``adapters.base.Transport``: Source, Mapping, Destination) is all a partner
+adapter writes; ``Adapter`` does the rest. Nothing here trusts the gateway about anything the
+adapter can check itself.
+
+Rules kept here:
+
+* **Outbound.** Records are mapped and schema-validated (encode, then decode with the strict
+  decoder) before they are stored; outbox rows, failed records and the source cursor are
+  committed in one transaction (``AdapterStore.enqueue``). The message id is
+  ``derive_message_id(outbox key, record id)``. Rows are sent in creation order. An envelope is
+  sealed at send time with the current directory and its exact bytes are kept until the
+  outcome is known: a retry after a lost answer (connection error, 5xx) resubmits the **same
+  bytes** (the gateway answers with the first receipt); a definite transient refusal lets the
+  next attempt **reseal with the same message id** (after a directory refresh when the reason
+  is key-related). A gateway-wide condition (unreachable, 5xx, rate limited, store or
+  directory trouble) stops the pass so later rows never overtake earlier ones; a
+  message-specific transient refusal only delays that row. Backoff is durable
+  (``next_attempt_at``), exponential, and at least ``Retry-After``. A final refusal marks the
+  row ``refused`` and is reported to the partner system (``Destination.report_refusal``).
+* **Acceptance receipts** are verified completely: the gateway's signature with the
+  directory's gateway key, the message id and header hash, the checkpoint's signature and
+  origin, the tree size, and the inclusion proof of the leaf against the checkpoint's root. A
+  receipt that fails is an alarm and leaves the row ``disputed``, never ``accepted``.
+* **Inbound**, per delivery and in this order: already processed → send the same signed answer
+  again; open (``open_envelope`` with every encrypt key held: sender key at the gateway's
+  ``accepted_at``, expiry, own kid listed, key commitment before decrypting, inner signature,
+  body bound to the header), refreshing the directory once if the sender's key is unknown;
+  schema version and schema; the token (from the approach-notice itself or the local store or
+  ``GET /v1/approaches/{id}``, its hash equal to the header's; signature, status, then
+  ``check_use`` with the covenant policy from **our** directory — a dishonest gateway cannot
+  relay what the covenant forbids); the private part of an approach-notice against its
+  commitment; then ``Destination.apply``; then one transaction that records the processed id
+  with the exact signed answer, the token and the pseudonym mapping; then the answer is sent.
+  A failed check is answered with a signed rejection (recorded the same way). A destination
+  that is unavailable, or any failure of our own (directory stale, gateway unreachable while
+  fetching a token), answers nothing: the lease expires and the gateway delivers again.
+* **Exactly once.** A crash before the processed row commits makes the gateway deliver again
+  and ``apply`` is called again with the same message id — which is why ``apply`` must be
+  idempotent by message id (``adapters.base``). After the commit the message is never applied
+  again; only the answer is repeated.
+* **Sender events** are verified (gateway signature; the recipient's own signature on an
+  embedded receipt or rejection) before their outcome is recorded per outbox row and acked.
+  Rejections, expiries and purges are reported to the partner system.
+* **Alarms** (bad receipt, witness inconsistency, refused directory, stale directory, forged
+  event, undecodable delivery) are persisted in ``adapter.db``, counted, logged, and turn
+  ``/healthz`` red until an operator clears them.
+* No globals: every collaborator is passed in; the time comes from the injected ``Clock``.
+  ``faults`` is a hook called at named points of inbound handling (``FaultPoint``) so tests can
+  simulate a crash at each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import enum
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from adapters.base import (
+    Approach,
+    Clock,
+    DestinationRejectedError,
+    DestinationUnavailableError,
+    InboundMessage,
+    MalformedRecordError,
+    NoApproachError,
+    Outbound,
+    Refusal,
+    SourceRecord,
+    SystemClock,
+    Transport,
+)
+from adapters.client import GatewayClient, GatewayUnreachableError, InboxDelivery, RefusedError
+from adapters.config import AdapterConfig
+from adapters.directory import DirectoryKeeper, DirectoryUnavailableError
+from adapters.errors import AdapterError
+from adapters.metrics import AdapterMetrics
+from adapters.outbox import AdapterStore, NewOutbound, OutboxRow, TokenRow
+from adapters.witness import CheckpointInvalidError, Witness, WitnessAlarm
+from gateway.protocol.envelope import (
+    Envelope,
+    EnvelopeError,
+    EnvelopeReason,
+    EnvelopeSignatureError,
+    MalformedEnvelopeError,
+    Opened,
+    SealError,
+    decode_envelope,
+    derive_message_id,
+    encode_envelope,
+    header_hash,
+    open_envelope,
+    seal,
+)
+from gateway.protocol.errors import PolicyError, ReceiptError, SchemaError, TokenError
+from gateway.protocol.merkle import InclusionProof, MerkleError, verify_inclusion
+from gateway.protocol.messages import (
+    SCHEMA_VERSION,
+    ApproachNotice,
+    CaseMessage,
+    decode_body,
+    encode_body,
+    subjects_of,
+)
+from gateway.protocol.policy import policy_from_directory
+from gateway.protocol.reasons import Reason, RejectionReason
+from gateway.protocol.receipts import (
+    DeliveryReceipt,
+    Rejection,
+    SenderEventKind,
+    sign_delivery_receipt,
+    sign_rejection,
+    verify_acceptance_receipt,
+    verify_sender_event,
+)
+from gateway.protocol.signed import SignedObject
+from gateway.protocol.token import (
+    ApproachToken,
+    PrivatePartOpening,
+    TokenStatus,
+    check_private_part,
+    check_token_status,
+    check_use,
+    decode_signed,
+    encode_signed,
+    token_hash,
+    verify_token_signature,
+)
+from gateway.protocol.types import MessageType
+from keys import Directory, Ed25519KeyPair, HybridKemKeyPair, KeyUse
+from keys.deployment import read_outbox_key
+from keys.keyfile import PassphraseSource, load_ed25519_key, load_encrypt_key, resolve_passphrase
+from keys.tlsidentity import TlsFiles, client_context
+
+logger = logging.getLogger("adapters.engine")
+
+# Refusals that a directory refresh and a reseal (same message id) may cure.
+KEY_RELATED: Final = frozenset(
+    {
+        Reason.KEY_NOT_YET_ACTIVE,
+        Reason.KEY_RETIRED,
+        Reason.RECIPIENT_KEY_INVALID,
+        Reason.DIRECTORY_CHANGING,
+    }
+)
+# Transient refusals about the gateway, not the message: stop the pass to keep the order.
+GATEWAY_WIDE: Final = frozenset(
+    {
+        Reason.RATE_LIMITED,
+        Reason.STORE_UNAVAILABLE,
+        Reason.AUDIT_UNAVAILABLE,
+        Reason.DIRECTORY_EXPIRED,
+        Reason.DIRECTORY_CHANGING,
+    }
+)
+# Token failures that are the covenant saying no (as opposed to a broken or unknown token).
+POLICY_REASONS: Final = frozenset(
+    {
+        Reason.TYPE_NOT_ALLOWED,
+        Reason.SENDER_NOT_PARTICIPANT,
+        Reason.RECIPIENT_NOT_PARTICIPANT,
+        Reason.EXPIRES_AFTER_TOKEN,
+        Reason.SUBJECT_NOT_IN_TOKEN,
+        Reason.SUBJECT_NOT_INFORMED,
+        Reason.POLICY_MISMATCH,
+        Reason.UNKNOWN_SENDER,
+        Reason.UNKNOWN_RECIPIENT,
+    }
+)
+_ENVELOPE_REJECTION: Final[Mapping[EnvelopeReason, RejectionReason]] = {
+    EnvelopeReason.NOT_A_RECIPIENT: RejectionReason.NOT_ADDRESSED,
+    EnvelopeReason.INNER_SIGNATURE: RejectionReason.BAD_INNER_SIGNATURE,
+    EnvelopeReason.BODY_MALFORMED: RejectionReason.SCHEMA_INVALID,
+    EnvelopeReason.TYPE_MISMATCH: RejectionReason.SCHEMA_INVALID,
+    EnvelopeReason.SUBJECTS_MISMATCH: RejectionReason.SUBJECTS_MISMATCH,
+}
+# Refusals the adapter decides itself, before the gateway sees anything.
+LOCAL_REFUSALS: Final = frozenset({Reason.NO_TOKEN.value, "cannot_seal"})
+_SIGNED_DECODER: Final = msgspec.msgpack.Decoder(SignedObject)
+_ENVELOPE_DECODER: Final = msgspec.msgpack.Decoder(Envelope)
+
+
+class FaultPoint(enum.StrEnum):
+    """Named points of inbound handling where a test may simulate a crash."""
+
+    OPENED = "inbound.opened"  # checks passed, nothing applied
+    APPLIED = "inbound.applied"  # applied to the partner system, not recorded
+    RECORDED = "inbound.recorded"  # processed row committed, answer not sent
+    ANSWERED = "inbound.answered"  # answer sent
+
+
+class AlarmKind(enum.StrEnum):
+    RECEIPT = "receipt"
+    WITNESS = "witness"
+    CHECKPOINT = "checkpoint"
+    DIRECTORY_REFUSED = "directory_refused"
+    DIRECTORY_STALE = "directory_stale"
+    SENDER_EVENT = "sender_event"
+    DELIVERY = "delivery"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Tunables with units in their names. Defaults suit production."""
+
+    poll_wait_s: float = 25.0
+    pull_interval_s: float = 5.0
+    send_batch: int = 100
+    backoff_base_s: int = 2
+    backoff_max_s: int = 900
+    witness_interval_s: float = 300.0
+    # ``None``: the ``[directory] refresh_s`` of adapter.toml.
+    directory_refresh_s: float | None = None
+    token_status_max_age_s: int = 300
+    # The audit log's origin; ``None`` pins it on first sight (see ``witness``).
+    origin: str | None = None
+    # host:port of the plain-HTTP /metrics and /healthz listener; ``None``: none.
+    metrics_listen: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The partner's own keys, loaded once from the partner folder."""
+
+    partner_id: str
+    sign_key: Ed25519KeyPair
+    encrypt_keys: Mapping[str, HybridKemKeyPair]
+    outbox_key: bytes
+    tls: TlsFiles
+
+    @classmethod
+    def load(cls, config: AdapterConfig, environ: Mapping[str, str] | None = None) -> Identity:
+        """Raise ``AdapterError`` naming the file when a key cannot be read."""
+        source = PassphraseSource.parse(config.keys.passphrase) if config.keys.passphrase else None
+        try:
+            passphrase = resolve_passphrase(source, environ) if source else None
+            sign = load_ed25519_key(config.path(config.keys.sign), KeyUse.SIGN, passphrase)
+            encrypt = [load_encrypt_key(config.path(p), passphrase) for p in config.keys.encrypt]
+            outbox_key = read_outbox_key(config.path(config.keys.outbox))
+        except Exception as exc:  # keys' own errors and OSError: one line for the operator
+            raise AdapterError(f"cannot load the keys of {config.partner.id}: {exc}") from exc
+        return cls(
+            partner_id=config.partner.id,
+            sign_key=sign,
+            encrypt_keys={k.kid: k for k in encrypt},
+            outbox_key=outbox_key,
+            tls=TlsFiles(
+                certificate=config.path(config.tls.cert),
+                private_key=config.path(config.tls.key),
+                trust_anchors=tuple(config.path(a) for a in config.tls.trust_anchors),
+                passphrase=source,
+            ),
+        )
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: RejectionReason, detail: str, header_digest: bytes | None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.header_digest = header_digest
+
+
+class _NotNow(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Checked:
+    opened: Opened
+    body: CaseMessage
+    token: ApproachToken
+    token_row: TokenRow | None
+
+
+class ReceiptInvalidError(AdapterError):
+    """An acceptance receipt failed verification."""
+
+
+@dataclass
+class PassResult:
+    """What one ``send_once``/``receive_once`` did (for tests and logs)."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    events: int = 0
+
+
+class _Context:
+    """``MappingContext`` over the adapter's store."""
+
+    def __init__(self, store: AdapterStore, partner_id: str) -> None:
+        self._store = store
+        self._partner_id = partner_id
+
+    @property
+    def partner_id(self) -> str:
+        return self._partner_id
+
+    def approach_for(self, local_ids: Sequence[str]) -> Approach:
+        if not local_ids:
+            raise NoApproachError("no subjects named")
+        for token_id, _ in self._store.approaches_of(local_ids[0]):
+            by_local = {v: k for k, v in self._store.local_ids(token_id).items()}
+            if all(local in by_local for local in local_ids):
+                return Approach(token_id, {local: by_local[local] for local in local_ids})
+        raise NoApproachError("no started approach covers these subjects")
+
+    def pseudonym(self, token_id: str, local_id: str) -> str:
+        for pseudonym, local in self._store.local_ids(token_id).items():
+            if local == local_id:
+                return pseudonym
+        raise NoApproachError("the subject is not in this approach")
+
+
+def new_traceparent() -> str:
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise TokenError(message, Reason.TOKEN_MALFORMED)
+
+
+def _b64(value: str) -> bytes:
+    return base64.b64decode(value, validate=True)
+
+
+class Adapter:
+    """One partner's adapter. ``async with Adapter(...)`` opens store, client and source.
+
+    Tests drive the steps (``ingest_once``, ``send_once``, ``receive_once``,
+    ``refresh_directory``, ``witness_once``) one by one; ``run`` loops them until stopped.
+    """
+
+    def __init__(
+        self,
+        config: AdapterConfig,
+        transport: Transport,
+        *,
+        clock: Clock | None = None,
+        settings: EngineSettings | None = None,
+        identity: Identity | None = None,
+        gateway_url: str | None = None,
+        faults: Callable[[str], None] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.clock: Clock = clock or SystemClock()
+        self.settings = settings or EngineSettings()
+        self.identity = identity or Identity.load(config, environ)
+        self.partner_id = config.partner.id
+        self.gateway_url = gateway_url or config.gateway.url
+        self.metrics = AdapterMetrics(self.partner_id)
+        self._faults = faults
+        self._environ = environ
+        self._store: AdapterStore | None = None
+        self._client: GatewayClient | None = None
+        trust = config.path(config.directory.trusted_root).parent
+        self.directory = DirectoryKeeper(trust, config.path(config.directory.bundle))
+        self._token_cache: dict[str, ApproachToken] = {}
+        self._wake = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def store(self) -> AdapterStore:
+        if self._store is None:
+            raise AdapterError("the adapter is not open")
+        return self._store
+
+    @property
+    def client(self) -> GatewayClient:
+        if self._client is None:
+            raise AdapterError("the adapter is not open")
+        return self._client
+
+    @property
+    def witness(self) -> Witness:
+        return Witness(self.store, self.settings.origin)
+
+    async def open(self) -> None:
+        self._store = AdapterStore(self.config.path(self.config.store.path))
+        self.directory.load_local(self.clock.now())
+        context = client_context(self.identity.tls, self._environ)
+        # The engine does its own durable backoff; the client tries once per call.
+        self._client = GatewayClient(self.gateway_url, context, attempts=1)
+        await self._client.__aenter__()
+        self.metrics.set_outbox_depth(self.store.outbox_depth())
+        await self.transport.source.start(self)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.transport.source.close()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> Adapter:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _fault(self, point: FaultPoint) -> None:
+        if self._faults is not None:
+            self._faults(point.value)
+
+    def alarm(self, kind: AlarmKind, detail: str) -> None:
+        """Persist, count and log an alarm (deduplicated while one of the same text is open)."""
+        now = self.clock.now()
+        if any(a.kind == kind.value and a.detail == detail[:1000] for a in self.store.alarms()):
+            return
+        self.store.raise_alarm(kind.value, detail, now)
+        self.metrics.alarm(kind.value)
+        logger.error("alarm", extra={"alarm": kind.value, "detail": detail})
+
+    def current_directory(self) -> Directory:
+        """The fresh directory, or ``DirectoryUnavailableError`` (and an alarm)."""
+        now = self.clock.now()
+        try:
+            directory = self.directory.current(now)
+        except DirectoryUnavailableError as exc:
+            self.metrics.directory(self.directory.version, stale=True)
+            self.alarm(AlarmKind.DIRECTORY_STALE, f"{exc.reason}: {exc}")
+            raise
+        self.metrics.directory(self.directory.version, stale=False)
+        return directory
+
+    # -- coordinator support -------------------------------------------------------------
+
+    def remember_token(
+        self,
+        signed: SignedObject,
+        opening: PrivatePartOpening | None = None,
+        local_ids: Mapping[str, str] | None = None,
+        *,
+        registered_at: int | None = None,
+    ) -> None:
+        """Keep a token this partner issued (a coordinator) with its subjects' local ids
+        (pseudonym → local id), so records about them map to it."""
+        now = self.clock.now()
+        token_id = msgspec.msgpack.decode(signed.payload)["token_id"]
+        self.store.put_token(
+            TokenRow(
+                token_id=token_id,
+                token_hash=token_hash(signed),
+                signed=encode_signed(signed),
+                opening=None if opening is None else msgspec.msgpack.encode(opening),
+                registered_at=registered_at,
+                revoked_at=None,
+                superseded_by=None,
+                status_at=now,
+            ),
+            now,
+            (local_ids or {}).items(),
+        )
+
+    # -- outbound: ingest ----------------------------------------------------------------
+
+    async def ingest_once(self) -> int:
+        """Pull one batch from the source and commit it; returns the records read."""
+        cursor = self.store.cursor()
+        batch = await self.transport.source.pull(cursor)
+        if not batch.records and batch.cursor in (None, cursor):
+            return 0
+        await self.accept(batch.records, batch.cursor)
+        return len(batch.records)
+
+    def _validate(self, outbound: Outbound) -> bytes:
+        """The body's bytes after a strict round trip; ``MalformedRecordError``."""
+        try:
+            body = encode_body(outbound.body)
+            decode_body(body, expected_type=outbound.message_type)
+        except (SchemaError, msgspec.EncodeError, ValueError) as exc:
+            raise MalformedRecordError(f"the case message is not schema-valid: {exc}") from None
+        if not outbound.recipients:
+            raise MalformedRecordError("the record names no recipient")
+        if self.partner_id in outbound.recipients:
+            raise MalformedRecordError("a partner does not send to itself")
+        if self.store.token(outbound.token_id) is None:
+            raise NoApproachError("the approach is not known to this adapter")
+        return body
+
+    async def accept(self, records: Sequence[SourceRecord], cursor: str | None = None) -> None:
+        """``RecordSink.accept``: map, validate, commit rows + failed + cursor in one txn."""
+        now = self.clock.now()
+        context = _Context(self.store, self.partner_id)
+        rows: list[NewOutbound] = []
+        refused: list[tuple[NewOutbound, str, str]] = []
+        failed: list[tuple[str, str, bytes, dict[str, str], str]] = []
+        quarantined: list[tuple[SourceRecord, str]] = []
+        for record in records:
+            message_id = derive_message_id(self.identity.outbox_key, record.record_id)
+            try:
+                outbound = self.transport.mapping.map(record, context)
+                body = self._validate(outbound)
+            except MalformedRecordError as exc:
+                failed.append(
+                    (
+                        record.record_id,
+                        record.content_type,
+                        record.data,
+                        dict(record.metadata),
+                        exc.report,
+                    )
+                )
+                quarantined.append((record, exc.report))
+                continue
+            except NoApproachError as exc:
+                refused.append(
+                    (
+                        NewOutbound(record.record_id, message_id, "", (), "", b"", 0, ""),
+                        Reason.NO_TOKEN.value,
+                        str(exc),
+                    )
+                )
+                continue
+            except Exception as exc:  # a mapping bug must not drop the record either
+                report = f"the mapping failed: {type(exc).__name__}: {exc}"
+                failed.append(
+                    (
+                        record.record_id,
+                        record.content_type,
+                        record.data,
+                        dict(record.metadata),
+                        report,
+                    )
+                )
+                quarantined.append((record, report))
+                continue
+            rows.append(
+                NewOutbound(
+                    record_id=record.record_id,
+                    message_id=message_id,
+                    token_id=outbound.token_id,
+                    recipients=tuple(sorted(set(outbound.recipients))),
+                    message_type=outbound.message_type.value,
+                    body=body,
+                    expires_in_s=outbound.expires_in_s,
+                    trace_id=outbound.trace_id or new_traceparent(),
+                )
+            )
+        known_failed = {f.record_id for f in self.store.failed()}
+        self.store.enqueue(rows, failed, refused, cursor, now)
+        for record, report in quarantined:
+            if record.record_id not in known_failed:
+                self.metrics.failed_record()
+                logger.warning(
+                    "record_failed", extra={"record_id": record.record_id, "report": report}
+                )
+            await self.transport.source.quarantine(record, report)
+        for _row, reason, _detail in refused:
+            self.metrics.refused(reason)
+        self.metrics.set_outbox_depth(self.store.outbox_depth())
+        await self.transport.source.acknowledge([r.record_id for r in records])
+        self._wake.set()
+
+    # -- outbound: send ------------------------------------------------------------------
+
+    def _backoff(self, attempts: int, retry_after: float | None = None) -> int:
+        delay = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**attempts)
+        return int(max(delay, retry_after or 0))
+
+    def _token(self, signed: SignedObject, directory: Directory) -> ApproachToken:
+        # Only the signature check is cached (by token hash), as DESIGN.md allows.
+        digest = token_hash(signed)
+        token = self._token_cache.get(digest)
+        if token is None:
+            token = verify_token_signature(signed, directory)
+            self._token_cache[digest] = token
+        return token
+
+    def _seal(self, row: OutboxRow, directory: Directory, now: int) -> tuple[bytes, int]:
+        token_row = self.store.token(row.token_id)
+        if token_row is None:
+            raise SealError("the approach token is gone", EnvelopeReason.MALFORMED)
+        signed = decode_signed(token_row.signed)
+        token = self._token(signed, directory)
+        # A message may not outlive its token (the gateway refuses that for good).
+        expires_at = min(now + row.expires_in_s, token.valid_until)
+        body = decode_body(row.body)
+        recipients = [
+            (partner, directory.current_key(partner, KeyUse.ENCRYPT, now))
+            for partner in row.recipients
+        ]
+        envelope = seal(
+            sender=self.partner_id,
+            sign_key=self.identity.sign_key,
+            recipients=recipients,
+            body=row.body,
+            message_id=row.message_id,
+            token_id=row.token_id,
+            token_hash=token_row.token_hash,
+            subjects=subjects_of(body),
+            message_type=MessageType(row.message_type),
+            schema_version=SCHEMA_VERSION,
+            created_at=now,
+            expires_at=expires_at,
+            trace_id=row.trace_id,
+        )
+        return encode_envelope(envelope), expires_at
+
+    async def send_once(self) -> PassResult:
+        """Submit due outbox rows in creation order; verify receipts; report refusals."""
+        result = PassResult()
+        try:
+            directory = self.current_directory()
+        except DirectoryUnavailableError:
+            await self.refresh_directory()
+            return result
+        for row in self.store.pending(self.clock.now(), self.settings.send_batch):
+            now = self.clock.now()
+            envelope = row.envelope
+            if envelope is None or row.expires_at is None or row.expires_at <= now:
+                try:
+                    envelope, expires_at = self._seal(row, directory, now)
+                except (SealError, TokenError, SchemaError) as exc:
+                    self._refuse(row, f"cannot_seal: {exc}", result)
+                    continue
+                except Exception as exc:  # keys' DirectoryError: no usable recipient key yet
+                    reason = f"cannot seal yet: {exc}"
+                    self.store.mark_retry(
+                        row.message_id, reason, now + self._backoff(row.attempts), reseal=True
+                    )
+                    result.retried.append(row.message_id)
+                    continue
+                self.store.mark_sealed(row.message_id, envelope, expires_at)
+            stop = await self._submit(row, envelope, directory, result)
+            if stop:
+                break
+        await self.report_refusals()
+        self.metrics.set_outbox_depth(self.store.outbox_depth())
+        return result
+
+    def _refuse(self, row: OutboxRow, reason: str, result: PassResult) -> None:
+        self.store.mark_refused(row.message_id, reason)
+        self.metrics.refused(reason.split(":", 1)[0])
+        result.refused.append(row.message_id)
+        logger.warning("refused", extra={"message_id": row.message_id, "reason": reason})
+
+    async def _submit(
+        self, row: OutboxRow, envelope: bytes, directory: Directory, result: PassResult
+    ) -> bool:
+        """Submit one envelope; True stops the pass (a gateway-wide condition)."""
+        now = self.clock.now()
+        try:
+            submitted = await self.client.submit(envelope)
+        except GatewayUnreachableError as exc:
+            self.store.mark_retry(
+                row.message_id,
+                f"unreachable: {exc}",
+                now + self._backoff(row.attempts),
+                reseal=False,
+            )
+            self.metrics.send_retry("unreachable")
+            result.retried.append(row.message_id)
+            return True
+        except RefusedError as refusal:
+            code = refusal.reason.value if refusal.reason else f"http_{refusal.status}"
+            if not refusal.transient and refusal.reason is not None:
+                self._refuse(row, f"{code}: {refusal.detail}", result)
+                return False
+            if refusal.reason is None and refusal.status < 500 and refusal.status != 429:
+                # A 4xx without a reason: the request was not shaped right; a person must look.
+                self._refuse(row, f"{code}: {refusal.detail}", result)
+                return False
+            definite = refusal.reason is not None
+            if refusal.reason in KEY_RELATED:
+                await self.refresh_directory()
+            self.store.mark_retry(
+                row.message_id,
+                f"{code}: {refusal.detail}",
+                now + self._backoff(row.attempts, refusal.retry_after),
+                # A definite refusal: the id was not accepted, so fresh bytes may follow.
+                reseal=definite,
+            )
+            self.metrics.send_retry(code)
+            result.retried.append(row.message_id)
+            return refusal.reason is None or refusal.reason in GATEWAY_WIDE
+        try:
+            await self._check_receipt(
+                row, envelope, submitted.receipt, submitted.leaf_index, directory
+            )
+        except ReceiptInvalidError as exc:
+            self.store.mark_disputed(row.message_id, submitted.receipt, str(exc))
+            self.alarm(AlarmKind.RECEIPT, f"acceptance receipt does not verify: {exc}")
+            return False
+        receipt = verify_acceptance_receipt(
+            _SIGNED_DECODER.decode(submitted.receipt), directory, now=now
+        )
+        self.store.mark_accepted(
+            row.message_id, submitted.receipt, receipt.leaf_index, receipt.accepted_at
+        )
+        self.metrics.sent(row.message_type)
+        self.metrics.success("outbound", now)
+        result.accepted.append(row.message_id)
+        return False
+
+    async def _consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        doc = await self.client.consistency_proof(old_size, new_size)
+        return [_b64(h) for h in doc["hashes"]]
+
+    async def _check_receipt(
+        self, row: OutboxRow, envelope: bytes, raw: bytes, leaf_index: int, directory: Directory
+    ) -> None:
+        """Verify an acceptance receipt completely; ``ReceiptInvalidError``."""
+        now = self.clock.now()
+        digest = decode_envelope(envelope).header_hash.hex()
+        try:
+            receipt = verify_acceptance_receipt(
+                _SIGNED_DECODER.decode(raw),
+                directory,
+                now=now,
+                message_id=row.message_id,
+                header_hash=digest,
+            )
+            checkpoint = self.witness.verify(receipt.checkpoint, directory, now)
+        except (msgspec.DecodeError, ReceiptError, CheckpointInvalidError) as exc:
+            raise ReceiptInvalidError(str(exc)) from None
+        if checkpoint.size != receipt.tree_size or receipt.leaf_index != leaf_index:
+            raise ReceiptInvalidError("the receipt's tree size or leaf index is inconsistent")
+        try:
+            proof = await self.client.inclusion_proof(receipt.leaf_index, receipt.tree_size)
+            # The leaf is a salted hash the adapter cannot recompute; what is checked is that
+            # the gateway's own log holds a leaf at this index under the signed root.
+            leaf = _b64(proof["leaf_hash"])
+        except (AdapterError, KeyError, ValueError) as exc:
+            raise ReceiptInvalidError(f"no leaf for the inclusion proof: {exc}") from None
+        try:
+            verify_inclusion(
+                leaf,
+                InclusionProof(
+                    leaf_index=receipt.leaf_index,
+                    tree_size=receipt.tree_size,
+                    hashes=receipt.inclusion_proof,
+                ),
+                checkpoint.root_hash,
+            )
+        except MerkleError as exc:
+            raise ReceiptInvalidError(f"inclusion proof: {exc}") from None
+        try:
+            await self.witness.observe(checkpoint, self._consistency, now, head=False)
+        except WitnessAlarm as exc:
+            self.alarm(AlarmKind.WITNESS, str(exc))
+        except AdapterError as exc:
+            logger.warning("consistency_unchecked", extra={"detail": str(exc)})
+
+    async def report_refusals(self) -> None:
+        """Tell the partner system about final refusals not yet reported (idempotent)."""
+        destination = self.transport.destination
+        for row in self.store.unreported_refusals():
+            reason, _, detail = (row.last_reason or "").partition(": ")
+            try:
+                by = "adapter" if reason in LOCAL_REFUSALS else "gateway"
+                await destination.report_refusal(
+                    row.record_id, Refusal(row.message_id, by, reason, detail)
+                )
+            except DestinationUnavailableError:
+                return
+            self.store.mark_refusal_reported(row.message_id)
+        for message_id, recipient, kind, why in self.store.unreported_outcomes():
+            outbox_row = self.store.outbox_row(message_id)
+            if outbox_row is None:
+                self.store.mark_outcome_reported(message_id, recipient)
+                continue
+            by = "recipient" if kind == SenderEventKind.REJECTION.value else f"gateway-{kind}"
+            try:
+                await destination.report_refusal(
+                    outbox_row.record_id,
+                    Refusal(message_id, by, why or kind, recipient=recipient),
+                )
+            except DestinationUnavailableError:
+                return
+            self.store.mark_outcome_reported(message_id, recipient)
+
+    # -- inbound -------------------------------------------------------------------------
+
+    async def receive_once(self, wait_s: float = 0.0) -> PassResult:
+        """One long-poll of the inbox: handle each delivery, then the sender events."""
+        result = PassResult()
+        batch = await self.client.inbox(wait_s=wait_s)
+        self.metrics.success("inbound", self.clock.now())
+        for delivery in batch.deliveries:
+            await self._handle_delivery(delivery, result)
+        acks = []
+        for event in batch.events:
+            if self._handle_event(event.event, event.message_id):
+                acks.append(event.event_id)
+        if acks:
+            await self.client.send_receipts(acks=acks)
+            result.events = len(acks)
+        await self.report_refusals()
+        return result
+
+    def _handle_event(self, raw: bytes, message_id: str) -> bool:
+        """Verify and record a sender event; True to acknowledge it."""
+        now = self.clock.now()
+        try:
+            directory = self.current_directory()
+        except DirectoryUnavailableError:
+            return False
+        try:
+            verified = verify_sender_event(
+                _SIGNED_DECODER.decode(raw), directory, now=now, message_id=message_id
+            )
+        except (msgspec.DecodeError, ReceiptError) as exc:
+            # Acknowledged anyway: the gateway would hand the same forgery out for ever; the
+            # alarm and the gateway's own audit log keep the evidence.
+            self.alarm(AlarmKind.SENDER_EVENT, f"sender event does not verify: {exc}")
+            return True
+        event = verified.event
+        reason = verified.rejection.reason.value if verified.rejection else None
+        if self.store.record_outcome(
+            event.message_id, event.recipient, event.kind.value, reason, event.at
+        ):
+            self.metrics.outcome(event.kind.value)
+        return True
+
+    async def _answer(self, outcome: str, answer: bytes) -> None:
+        if outcome == "applied":
+            await self.client.send_receipts(receipts=[answer])
+        else:
+            await self.client.send_receipts(rejections=[answer])
+
+    async def _handle_delivery(self, delivery: InboxDelivery, result: PassResult) -> None:
+        self.metrics.received(delivery.sender)
+        done = self.store.inbound(delivery.message_id)
+        if done is not None:
+            # Processed before (a crash before the answer went out): the same answer again.
+            await self._answer(done.outcome, done.answer)
+            result.deferred.append(delivery.message_id)
+            return
+        now = self.clock.now()
+        try:
+            checked = await self._check(delivery, now)
+        except _NotNow as exc:
+            logger.warning(
+                "delivery_deferred", extra={"message_id": delivery.message_id, "detail": str(exc)}
+            )
+            result.deferred.append(delivery.message_id)
+            return
+        except _Rejected as rejected:
+            await self._reject(delivery, rejected, now, result)
+            return
+        self._fault(FaultPoint.OPENED)
+        header = checked.opened.header
+        local_ids = self.store.local_ids(header.token_id)
+        message = InboundMessage(
+            message_id=header.message_id,
+            sender=header.sender,
+            message_type=header.message_type,
+            token_id=header.token_id,
+            subjects=tuple(header.subjects),
+            body=checked.body,
+            body_bytes=checked.opened.body,
+            accepted_at=delivery.accepted_at,
+            received_at=now,
+            trace_id=header.trace_id,
+            local_ids={p: local_ids[p] for p in header.subjects if p in local_ids},
+        )
+        try:
+            applied = await self.transport.destination.apply(message)
+        except DestinationUnavailableError as exc:
+            logger.warning("destination_unavailable", extra={"detail": str(exc)})
+            result.deferred.append(delivery.message_id)
+            return
+        except DestinationRejectedError as exc:
+            await self._reject(
+                delivery,
+                _Rejected(exc.reason, exc.detail, checked.opened.header_hash),
+                now,
+                result,
+            )
+            return
+        self._fault(FaultPoint.APPLIED)
+        receipt = msgspec.msgpack.encode(
+            sign_delivery_receipt(
+                DeliveryReceipt(
+                    message_id=header.message_id,
+                    header_hash=checked.opened.header_hash.hex(),
+                    recipient=self.partner_id,
+                    received_at=now,
+                    plaintext_hash=hashlib.sha256(checked.opened.body).hexdigest(),
+                ),
+                self.identity.sign_key,
+            )
+        )
+        subjects = set(header.subjects)
+        self.store.record_inbound(
+            message_id=header.message_id,
+            sender=header.sender,
+            message_type=header.message_type.value,
+            token_id=header.token_id,
+            outcome="applied",
+            reason=None,
+            answer=receipt,
+            now=now,
+            token=checked.token_row,
+            pseudonyms=[
+                (header.token_id, p, local)
+                for p, local in applied.local_ids.items()
+                if p in subjects
+            ],
+        )
+        self.metrics.applied(header.message_type.value)
+        self._fault(FaultPoint.RECORDED)
+        result.applied.append(header.message_id)
+        with contextlib.suppress(AdapterError):  # redelivered later; answered from the row
+            await self._answer("applied", receipt)
+        self._fault(FaultPoint.ANSWERED)
+
+    async def _reject(
+        self, delivery: InboxDelivery, rejected: _Rejected, now: int, result: PassResult
+    ) -> None:
+        if rejected.header_digest is None:
+            # Not even the header decodes, so no rejection can name it: the gateway accepted
+            # bytes it could not have verified.
+            self.alarm(AlarmKind.DELIVERY, f"undecodable delivery: {rejected.detail}")
+            result.deferred.append(delivery.message_id)
+            return
+        answer = msgspec.msgpack.encode(
+            sign_rejection(
+                Rejection(
+                    message_id=delivery.message_id,
+                    header_hash=rejected.header_digest.hex(),
+                    recipient=self.partner_id,
+                    rejected_at=now,
+                    reason=rejected.reason,
+                    detail=rejected.detail[:1000],
+                ),
+                self.identity.sign_key,
+            )
+        )
+        self.store.record_inbound(
+            message_id=delivery.message_id,
+            sender=delivery.sender,
+            message_type=None,
+            token_id=None,
+            outcome="rejected",
+            reason=rejected.reason.value,
+            answer=answer,
+            now=now,
+        )
+        self.metrics.rejected(rejected.reason.value)
+        logger.warning(
+            "delivery_rejected",
+            extra={
+                "message_id": delivery.message_id,
+                "reason": rejected.reason.value,
+                "detail": rejected.detail,
+            },
+        )
+        self._fault(FaultPoint.RECORDED)
+        result.rejected.append(delivery.message_id)
+        with contextlib.suppress(AdapterError):
+            await self._answer("rejected", answer)
+
+    def _header_digest(self, raw: bytes) -> bytes | None:
+        try:
+            return header_hash(_ENVELOPE_DECODER.decode(raw).header)
+        except msgspec.DecodeError:
+            return None
+
+    async def _open(self, delivery: InboxDelivery, now: int) -> Opened:
+        for attempt in range(2):
+            try:
+                directory = self.current_directory()
+            except DirectoryUnavailableError as exc:
+                raise _NotNow(str(exc)) from None
+            try:
+                return open_envelope(
+                    delivery.envelope,
+                    directory,
+                    recipient=self.partner_id,
+                    encrypt_keys=self.identity.encrypt_keys,
+                    accepted_at=delivery.accepted_at,
+                    now=now,
+                )
+            except EnvelopeSignatureError as exc:
+                # Perhaps the sender rotated keys and our directory is behind: refresh once.
+                if attempt == 0 and exc.reason is EnvelopeReason.UNKNOWN_SENDER_KEY:
+                    await self.refresh_directory()
+                    continue
+                raise _Rejected(
+                    RejectionReason.CANNOT_OPEN, str(exc), self._header_digest(delivery.envelope)
+                ) from None
+            except MalformedEnvelopeError as exc:
+                raise _Rejected(
+                    RejectionReason.CANNOT_OPEN, str(exc), self._header_digest(delivery.envelope)
+                ) from None
+            except EnvelopeError as exc:
+                reason = _ENVELOPE_REJECTION.get(exc.reason, RejectionReason.CANNOT_OPEN)
+                raise _Rejected(reason, str(exc), self._header_digest(delivery.envelope)) from None
+        raise _NotNow("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _registered_token(
+        self, token_id: str, expected_hash: str, now: int, signed: SignedObject | None
+    ) -> tuple[SignedObject, TokenStatus, TokenRow]:
+        """The token (from the notice, the store or the gateway) and its registry status."""
+        row = self.store.token(token_id)
+        fresh = row is not None and now - row.status_at < self.settings.token_status_max_age_s
+        if row is not None and fresh:
+            held = decode_signed(row.signed)
+        else:
+            try:
+                doc = await self.client.approach(token_id)
+            except RefusedError as exc:
+                if exc.transient or exc.status >= 500:
+                    raise _NotNow(f"approach status: {exc}") from None
+                if row is None and signed is None:
+                    raise TokenError(f"approach unknown: {exc}", Reason.TOKEN_NOT_REGISTERED)
+                doc = None
+            except GatewayUnreachableError as exc:
+                raise _NotNow(f"approach status: {exc}") from None
+            if doc is not None:
+                held = decode_signed(_b64(doc["token"]))
+                row = TokenRow(
+                    token_id=token_id,
+                    token_hash=token_hash(held),
+                    signed=encode_signed(held),
+                    opening=None,
+                    registered_at=doc.get("registered_at"),
+                    revoked_at=doc.get("revoked_at"),
+                    superseded_by=doc.get("superseded_by"),
+                    status_at=now,
+                )
+            elif row is not None:
+                held = decode_signed(row.signed)
+            else:
+                assert signed is not None
+                held = signed
+                row = TokenRow(
+                    token_id, token_hash(signed), encode_signed(signed), None, None, None, None, now
+                )
+        if signed is not None and token_hash(signed) != token_hash(held):
+            raise TokenError("the notice's token is not the registered one", Reason.TOKEN_CONFLICT)
+        if row.token_hash != expected_hash:
+            raise TokenError("token hash does not match the header", Reason.TOKEN_HASH_MISMATCH)
+        status = TokenStatus(
+            registered_at=row.registered_at,
+            revoked_at=row.revoked_at,
+            superseded_by=row.superseded_by,
+        )
+        return held, status, row
+
+    async def _check(self, delivery: InboxDelivery, now: int) -> _Checked:
+        opened = await self._open(delivery, now)
+        header = opened.header
+        digest = opened.header_hash
+        directory = self.current_directory()
+        me = directory.partner(self.partner_id)
+        if header.message_id != delivery.message_id:
+            raise _Rejected(RejectionReason.CANNOT_OPEN, "delivery names another id", digest)
+        if header.schema_version not in me.schema_versions:
+            raise _Rejected(
+                RejectionReason.UNSUPPORTED_SCHEMA_VERSION,
+                f"schema version {header.schema_version}",
+                digest,
+            )
+        try:
+            body = decode_body(opened.body, expected_type=header.message_type)
+        except SchemaError as exc:
+            raise _Rejected(RejectionReason.SCHEMA_INVALID, str(exc), digest) from None
+        if set(subjects_of(body)) != set(header.subjects):
+            raise _Rejected(RejectionReason.SUBJECTS_MISMATCH, "body subjects differ", digest)
+        notice = body if isinstance(body, ApproachNotice) else None
+        try:
+            policy = policy_from_directory(directory)
+        except PolicyError as exc:
+            raise _NotNow(f"our directory's policy: {exc}") from None
+        try:
+            _require(
+                notice is None or notice.token_id == header.token_id,
+                "the notice names another token",
+            )
+            signed, status, row = await self._registered_token(
+                header.token_id, header.token_hash, now, notice.token if notice else None
+            )
+            token = self._token(signed, directory)
+            _require(token.token_id == header.token_id, "token id differs from the header")
+            check_token_status(token, directory, now=now, status=status)
+            check_use(
+                token,
+                policy,
+                directory,
+                now=now,
+                sender=header.sender,
+                recipients=[r.partner for r in header.recipients],
+                subjects=header.subjects,
+                message_type=header.message_type,
+                expires_at=header.expires_at,
+            )
+            if notice is not None:
+                check_private_part(token, notice.token_private)
+                row = TokenRow(
+                    token_id=row.token_id,
+                    token_hash=row.token_hash,
+                    signed=row.signed,
+                    opening=msgspec.msgpack.encode(notice.token_private),
+                    registered_at=row.registered_at,
+                    revoked_at=row.revoked_at,
+                    superseded_by=row.superseded_by,
+                    status_at=row.status_at,
+                )
+        except TokenError as exc:
+            reason = (
+                RejectionReason.POLICY_CHECK_FAILED
+                if exc.reason in POLICY_REASONS
+                else RejectionReason.TOKEN_INVALID
+            )
+            raise _Rejected(reason, f"{exc.reason.value}: {exc}", digest) from None
+        return _Checked(opened=opened, body=body, token=token, token_row=row)
+
+    # -- directory and witness -----------------------------------------------------------
+
+    async def refresh_directory(self) -> bool:
+        """Fetch and verify the gateway's bundle; keep the last good one if it is refused."""
+        now = self.clock.now()
+        try:
+            data = await self.client.directory_bundle()
+        except AdapterError as exc:
+            logger.warning("directory_fetch_failed", extra={"detail": str(exc)})
+            return False
+        try:
+            self.directory.update_from_bytes(data, now)
+        except DirectoryUnavailableError as exc:
+            self.alarm(AlarmKind.DIRECTORY_REFUSED, f"{exc.reason}: {exc}")
+            return False
+        self._token_cache.clear()
+        self.metrics.directory(self.directory.version, stale=False)
+        return True
+
+    async def witness_once(self) -> None:
+        """Fetch the gateway's head checkpoint and check it against every one kept."""
+        now = self.clock.now()
+        directory = self.current_directory()
+        note = await self.client.checkpoint()
+        try:
+            checkpoint = self.witness.verify(note, directory, now)
+        except CheckpointInvalidError as exc:
+            self.alarm(AlarmKind.CHECKPOINT, f"checkpoint does not verify: {exc}")
+            return
+        try:
+            await self.witness.observe(checkpoint, self._consistency, now, head=True)
+        except WitnessAlarm as exc:
+            self.alarm(AlarmKind.WITNESS, str(exc))
+            return
+        self.metrics.witnessed(checkpoint.size)
+
+    # -- health --------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` shows: ok unless an alarm is open."""
+        alarms = self.store.alarms()
+        return {
+            "status": "alarm" if alarms else "ok",
+            "partner": self.partner_id,
+            "alarms": [
+                {"kind": a.kind, "detail": a.detail, "raised_at": a.raised_at} for a in alarms
+            ],
+            "outbox_depth": self.store.outbox_depth(),
+            "failed_records": self.store.failed_count(),
+            "directory_version": self.directory.version,
+            "directory_error": self.directory.last_error,
+        }
+
+    # -- the loops -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every loop until ``stop`` is set. Each loop survives its own failures."""
+        from adapters.health import serve_health  # noqa: PLC0415 - aiohttp web only when run
+
+        health = await serve_health(self, self.settings.metrics_listen)
+        loops = [
+            asyncio.create_task(
+                self._loop(self._outbound_step, self.settings.pull_interval_s, stop, wake=True)
+            ),
+            asyncio.create_task(self._loop(self._inbound_step, 0.0, stop)),
+            asyncio.create_task(
+                self._loop(
+                    self._directory_step,
+                    self.settings.directory_refresh_s or float(self.config.directory.refresh_s),
+                    stop,
+                )
+            ),
+            asyncio.create_task(
+                self._loop(self.witness_once, self.settings.witness_interval_s, stop)
+            ),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for task in loops:
+                task.cancel()
+            for task in loops:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if health is not None:
+                await health.cleanup()
+
+    async def _outbound_step(self) -> None:
+        await self.ingest_once()
+        await self.send_once()
+
+    async def _inbound_step(self) -> None:
+        await self.receive_once(wait_s=self.settings.poll_wait_s)
+
+    async def _directory_step(self) -> None:
+        await self.refresh_directory()
+
+    async def _loop(
+        self,
+        step: Callable[[], Any],
+        interval_s: float,
+        stop: asyncio.Event,
+        *,
+        wake: bool = False,
+    ) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                await step()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one failed step is logged and retried; the adapter stays up
+                failures += 1
+                logger.exception("step_failed", extra={"step": getattr(step, "__name__", "")})
+            delay = interval_s if failures == 0 else min(60.0, 0.5 * 2 ** min(failures, 7))
+            if delay <= 0:
+                continue
+            if wake:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+
+def adapter_db_path(config: AdapterConfig) -> Path:
+    return config.path(config.store.path)

@@ -1,0 +1,135 @@
+"""The adapter's Prometheus metrics: one object, its own registry, prefix ``ketenpost_adapter_``.
+
+Rules kept here:
+
+* Every metric lives on ``AdapterMetrics``'s own ``CollectorRegistry``, never the process-global
+  one, so two adapters in one test process never see each other's counts.
+* Labels carry only message types, reason codes, partner ids and alarm kinds — never a message
+  id, token id, pseudonym, record id or trace id (DESIGN.md "Operations").
+* Timestamps are ``..._timestamp_seconds`` (Unix seconds) so an alert is ``time() - x > N``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PREFIX: Final = "ketenpost_adapter_"
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+
+class AdapterMetrics:
+    """The counters and gauges of one adapter."""
+
+    def __init__(self, partner_id: str) -> None:
+        self.partner_id = partner_id
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._sent = Counter(
+            PREFIX + "sent", "Messages accepted by the gateway.", ["type"], registry=r
+        )
+        self._refused = Counter(
+            PREFIX + "refused",
+            "Outbound messages finally refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._send_retries = Counter(
+            PREFIX + "send_retries", "Transient send failures, by reason.", ["reason"], registry=r
+        )
+        self._received = Counter(
+            PREFIX + "received", "Deliveries taken from the inbox.", ["sender"], registry=r
+        )
+        self._applied = Counter(
+            PREFIX + "applied", "Messages applied to the partner system.", ["type"], registry=r
+        )
+        self._rejected = Counter(
+            PREFIX + "rejected",
+            "Deliveries rejected with a signed rejection, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._outcomes = Counter(
+            PREFIX + "outcomes", "Verified sender events, by kind.", ["kind"], registry=r
+        )
+        self._failed = Counter(
+            PREFIX + "failed_records",
+            "Malformed source records put in the failed place.",
+            registry=r,
+        )
+        self._alarms = Counter(PREFIX + "alarms", "Alarms raised, by kind.", ["kind"], registry=r)
+        self._witness = Counter(
+            PREFIX + "witness_inconsistency",
+            "Checkpoints inconsistent with one seen before (fork, smaller tree, bad proof).",
+            registry=r,
+        )
+        self._depth = Gauge(
+            PREFIX + "outbox_depth", "Outbox rows not yet accepted or refused.", registry=r
+        )
+        self._last_success = Gauge(
+            PREFIX + "last_success_timestamp_seconds",
+            "Last successful exchange with the gateway, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self._directory_version = Gauge(
+            PREFIX + "directory_version", "Version of the directory in use.", registry=r
+        )
+        self._directory_stale = Gauge(
+            PREFIX + "directory_stale", "1 while no fresh directory could be verified.", registry=r
+        )
+        self._tree_size = Gauge(
+            PREFIX + "witnessed_tree_size", "Largest audit tree size witnessed.", registry=r
+        )
+
+    def sent(self, message_type: str) -> None:
+        self._sent.labels(message_type).inc()
+
+    def refused(self, reason: str) -> None:
+        self._refused.labels(reason).inc()
+
+    def send_retry(self, reason: str) -> None:
+        self._send_retries.labels(reason).inc()
+
+    def received(self, sender: str) -> None:
+        self._received.labels(sender).inc()
+
+    def applied(self, message_type: str) -> None:
+        self._applied.labels(message_type).inc()
+
+    def rejected(self, reason: str) -> None:
+        self._rejected.labels(reason).inc()
+
+    def outcome(self, kind: str) -> None:
+        self._outcomes.labels(kind).inc()
+
+    def failed_record(self) -> None:
+        self._failed.inc()
+
+    def alarm(self, kind: str) -> None:
+        self._alarms.labels(kind).inc()
+        if kind == "witness":
+            self._witness.inc()
+
+    def set_outbox_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def success(self, direction: str, now: int) -> None:
+        self._last_success.labels(direction).set(now)
+
+    def directory(self, version: int, *, stale: bool) -> None:
+        self._directory_version.set(version)
+        self._directory_stale.set(1 if stale else 0)
+
+    def witnessed(self, size: int) -> None:
+        self._tree_size.set(size)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's value (0 if absent), for tests and ``/healthz``."""
+        got = self.registry.get_sample_value(PREFIX + name, labels)
+        return 0.0 if got is None else got
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
