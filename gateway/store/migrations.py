@@ -7,7 +7,11 @@ Rules kept here:
   store whose schema is older than it needs (``StoreError`` naming the missing version) and
   serves on a newer one (expand/contract: a new version only adds tables, columns with defaults
   and indexes; a later *contract* migration drops what no running version reads any more).
-* Each backend has its own SQL for the same version; the numbers are shared.
+* Each backend has its own SQL for the same version; the numbers are shared. A migration is
+  written so that it can run inside one transaction (PostgreSQL runs each in its own, under an
+  advisory lock, so two ``migrate`` runs at once apply it once).
+* PostgreSQL keeps one extra row, ``audit_head``: the audit log's size, locked ``FOR UPDATE`` by
+  every transaction that appends, so replicas sharing the database append to one gap-free log.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ class Migration:
     version: int
     name: str
     sqlite: str
+    postgres: str
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -94,6 +99,82 @@ MIGRATIONS: tuple[Migration, ...] = (
             root      BLOB NOT NULL,
             note      TEXT NOT NULL
         );
+        """,
+        """
+        CREATE TABLE tokens (
+            token_id        TEXT PRIMARY KEY,
+            coordinator     TEXT NOT NULL,
+            token_hash      TEXT NOT NULL,
+            signed          BYTEA NOT NULL,
+            valid_until     BIGINT NOT NULL,
+            retention_until BIGINT NOT NULL,
+            registered_at   BIGINT NOT NULL,
+            supersedes      TEXT,
+            superseded_by   TEXT,
+            revoked_at      BIGINT,
+            revocation      BYTEA
+        );
+        CREATE TABLE messages (
+            message_id    TEXT PRIMARY KEY,
+            sender        TEXT NOT NULL,
+            envelope_hash TEXT NOT NULL,
+            header_hash   TEXT NOT NULL,
+            token_id      TEXT NOT NULL,
+            message_type  TEXT NOT NULL,
+            accepted_at   BIGINT NOT NULL,
+            expires_at    BIGINT NOT NULL,
+            audit_index   BIGINT NOT NULL,
+            receipt       BYTEA,
+            envelope      BYTEA
+        );
+        CREATE INDEX messages_token ON messages (token_id);
+        CREATE TABLE deliveries (
+            message_id   TEXT NOT NULL REFERENCES messages (message_id),
+            recipient    TEXT NOT NULL,
+            seq          BIGINT NOT NULL,
+            state        TEXT NOT NULL,
+            lease_until  BIGINT NOT NULL DEFAULT 0,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            finished_at  BIGINT,
+            PRIMARY KEY (message_id, recipient)
+        );
+        -- Claims and expiry only ever look at pending deliveries: a partial index stays small
+        -- however long the finished ones are kept.
+        CREATE INDEX deliveries_queue ON deliveries (recipient, seq) WHERE state = 'pending';
+        CREATE TABLE sender_events (
+            event_id    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            sender      TEXT NOT NULL,
+            message_id  TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            signed      BYTEA NOT NULL,
+            created_at  BIGINT NOT NULL,
+            lease_until BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE INDEX sender_events_sender ON sender_events (sender, event_id);
+        CREATE TABLE audit_leaves (
+            idx        BIGINT PRIMARY KEY,
+            leaf_hash  BYTEA NOT NULL,
+            entry      BYTEA,
+            salt       BYTEA,
+            token_id   TEXT
+        );
+        CREATE INDEX audit_leaves_token ON audit_leaves (token_id);
+        CREATE TABLE audit_nodes (
+            level INTEGER NOT NULL,
+            idx   BIGINT NOT NULL,
+            hash  BYTEA NOT NULL,
+            PRIMARY KEY (level, idx)
+        );
+        CREATE TABLE checkpoints (
+            size      BIGINT PRIMARY KEY,
+            root      BYTEA NOT NULL,
+            note      TEXT NOT NULL
+        );
+        CREATE TABLE audit_head (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            size BIGINT NOT NULL CHECK (size >= 0)
+        );
+        INSERT INTO audit_head (id, size) VALUES (1, 0);
         """,
     ),
 )

@@ -76,6 +76,14 @@ class _PendingReceipt:
     result: list[Accepted] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _SameBatch:
+    """The same message accepted earlier in the same batch: its receipt is signed only at the
+    batch's commit, so the later caller gets it from there (not the first time)."""
+
+    pending: _PendingReceipt
+
+
 @dataclass
 class _Batch:
     conn: sqlite3.Connection
@@ -314,7 +322,7 @@ class SqliteStore:
     # -- operations ------------------------------------------------------------------------
 
     async def accept(self, sub: Submission, check: TokenCheck) -> Accepted:
-        def work(batch: _Batch) -> Accepted | _PendingReceipt:
+        def work(batch: _Batch) -> Accepted | _PendingReceipt | _SameBatch:
             conn = batch.conn
             row = conn.execute(
                 "SELECT envelope_hash, receipt, audit_index FROM messages WHERE message_id = ?",
@@ -323,6 +331,10 @@ class SqliteStore:
             if row is not None:
                 if row[0] != sub.envelope_hash:
                     raise DuplicateMessageError("message id already accepted with other bytes")
+                if row[1] is None:
+                    return _SameBatch(
+                        next(p for p in batch.receipts if p.sub.message_id == sub.message_id)
+                    )
                 return Accepted(bytes(row[1]), int(row[2]), first_time=False)
             record = check(_token_row(conn, sub.token_id))
             leaf_index = batch.size
@@ -358,6 +370,9 @@ class SqliteStore:
         result = await self._submit(work)
         if isinstance(result, _PendingReceipt):
             return result.result[0]
+        if isinstance(result, _SameBatch):
+            first = result.pending.result[0]
+            return Accepted(first.receipt, first.leaf_index, first_time=False)
         assert isinstance(result, Accepted)
         return result
 

@@ -1,19 +1,30 @@
-"""The SQLite store on real files: group commit, idempotency, leases, revocation, expiry, audit."""
+"""The store suite, run against both backends: SQLite files and the real PostgreSQL.
+
+Group commit, idempotency, leases, revocation, expiry, audit proofs, migrations. The
+``backend`` fixture is parametrised over ``sqlite`` and ``postgres`` (a fresh schema per test on
+127.0.0.1:5432, see ``tests/gateway/_pg.py``); ``store`` is an open, migrated store on it.
+Cross-replica concurrency on PostgreSQL is in ``test_store_postgres.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from gateway.protocol.merkle import (
+    EMPTY_ROOT,
+    ConsistencyProof,
     InclusionProof,
     InMemoryNodeStore,
     MerkleLog,
     leaf_hash,
+    verify_consistency,
     verify_inclusion,
 )
 from gateway.store.base import (
@@ -24,9 +35,14 @@ from gateway.store.base import (
     TokenRow,
 )
 from gateway.store.errors import DuplicateMessageError, StoreVersionError
+from gateway.store.migrations import LATEST_VERSION
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
+from tests.gateway._pg import PgSchema, pg_schema
 
 NOW = 1_800_000_000
+
+AnyStore = SqliteStore | PostgresStore
 
 
 class RecordingSigner:
@@ -100,30 +116,114 @@ def refuse(_token: TokenRow | None) -> AuditRecord:
     raise Refused("no")
 
 
+class Backend(Protocol):
+    """One place a store lives: a SQLite file, or a PostgreSQL schema."""
+
+    name: str
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]: ...
+    def new_store(self) -> AnyStore: ...
+    async def add_version(self, version: int) -> None: ...
+
+
+class SqliteBackend:
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        return SqliteStore.migrate(self.path, dry_run=dry_run)
+
+    def new_store(self) -> AnyStore:
+        return SqliteStore(self.path, RecordingSigner(), audit_leaf)
+
+    async def add_version(self, version: int) -> None:
+        conn = sqlite3.connect(self.path)
+        try:
+            with conn:
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                    (version, "from the future"),
+                )
+        finally:
+            conn.close()
+
+
+class PostgresBackend:
+    name = "postgres"
+
+    def __init__(self, target: PgSchema) -> None:
+        self.target = target
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        return await PostgresStore.migrate(
+            self.target.url, dry_run=dry_run, server_settings=self.target.server_settings
+        )
+
+    def new_store(self) -> AnyStore:
+        return PostgresStore(
+            self.target.url,
+            RecordingSigner(),
+            audit_leaf,
+            server_settings=self.target.server_settings,
+        )
+
+    async def add_version(self, version: int) -> None:
+        conn = await self.target.connect()
+        try:
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                version,
+                "from the future",
+            )
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        yield SqliteBackend(tmp_path / "ketenpost.db")
+        return
+    async with pg_schema() as target:
+        yield PostgresBackend(target)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    path = tmp_path / "ketenpost.db"
-    SqliteStore.migrate(path)
-    s = SqliteStore(path, RecordingSigner(), audit_leaf)
+async def store(backend: Backend) -> AsyncIterator[AnyStore]:
+    await backend.migrate()
+    s = backend.new_store()
     await s.open()
     yield s
     await s.close()
 
 
-async def test_refuses_to_open_unmigrated_store(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "new.db", RecordingSigner(), audit_leaf)
+async def test_refuses_to_open_unmigrated_store(backend: Backend) -> None:
+    s = backend.new_store()
     with pytest.raises(StoreVersionError, match="ketenpost store migrate"):
         await s.open()
 
 
-def test_migrate_dry_run_then_apply_then_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "k.db"
-    assert SqliteStore.migrate(path, dry_run=True) == ["0001 initial relay schema"]
-    assert SqliteStore.migrate(path) == ["0001 initial relay schema"]
-    assert SqliteStore.migrate(path) == []
+async def test_migrate_dry_run_then_apply_then_nothing(backend: Backend) -> None:
+    assert await backend.migrate(dry_run=True) == ["0001 initial relay schema"]
+    assert await backend.migrate() == ["0001 initial relay schema"]
+    assert await backend.migrate() == []
 
 
-async def test_accept_claim_finish_and_sender_event(store: SqliteStore) -> None:
+async def test_serves_on_a_newer_schema(backend: Backend) -> None:
+    # Expand/contract: a replica still on this version shares a database migrated further.
+    await backend.migrate()
+    await backend.add_version(LATEST_VERSION + 1)
+    s = backend.new_store()
+    await s.open()
+    try:
+        assert (await s.accept(submission(1), allow)).first_time
+    finally:
+        await s.close()
+
+
+async def test_accept_claim_finish_and_sender_event(store: AnyStore) -> None:
     accepted = await store.accept(submission(1), allow)
     assert accepted.first_time
     deliveries = await store.claim("halt", 10, NOW, 60)
@@ -142,7 +242,7 @@ async def test_accept_claim_finish_and_sender_event(store: SqliteStore) -> None:
     assert status.recipients[0].state is DeliveryState.DELIVERED
 
 
-async def test_same_bytes_same_receipt_other_bytes_refused(store: SqliteStore) -> None:
+async def test_same_bytes_same_receipt_other_bytes_refused(store: AnyStore) -> None:
     first = await store.accept(submission(1), allow)
     again = await store.accept(submission(1), allow)
     assert again.receipt == first.receipt
@@ -151,7 +251,7 @@ async def test_same_bytes_same_receipt_other_bytes_refused(store: SqliteStore) -
         await store.accept(submission(1, body=b"other"), allow)
 
 
-async def test_refused_id_leaves_no_trace_and_may_be_resubmitted(store: SqliteStore) -> None:
+async def test_refused_id_leaves_no_trace_and_may_be_resubmitted(store: AnyStore) -> None:
     with pytest.raises(Refused):
         await store.accept(submission(1), refuse)
     assert await store.message_status(f"{1:064x}") is None
@@ -160,7 +260,7 @@ async def test_refused_id_leaves_no_trace_and_may_be_resubmitted(store: SqliteSt
     assert accepted.leaf_index == 0
 
 
-async def test_group_commit_isolates_a_failing_operation(store: SqliteStore) -> None:
+async def test_group_commit_isolates_a_failing_operation(store: AnyStore) -> None:
     results = await asyncio.gather(
         *(store.accept(submission(n), refuse if n % 3 == 0 else allow) for n in range(30)),
         return_exceptions=True,
@@ -174,7 +274,7 @@ async def test_group_commit_isolates_a_failing_operation(store: SqliteStore) -> 
     )
 
 
-async def test_lease_expiry_redelivers(store: SqliteStore) -> None:
+async def test_lease_expiry_redelivers(store: AnyStore) -> None:
     await store.accept(submission(1), allow)
     first = await store.claim("halt", 10, NOW, 60)
     assert len(first) == 1
@@ -183,7 +283,7 @@ async def test_lease_expiry_redelivers(store: SqliteStore) -> None:
     assert [d.attempts for d in again] == [2]
 
 
-async def test_revocation_purges_pending_and_leased(store: SqliteStore) -> None:
+async def test_revocation_purges_pending_and_leased(store: AnyStore) -> None:
     await store.register_token(
         TokenRow("t1", "gemeente-velsen", "aa" * 32, b"signed", NOW + 999, NOW + 9999, NOW),
         record("registered"),
@@ -206,7 +306,7 @@ async def test_revocation_purges_pending_and_leased(store: SqliteStore) -> None:
     )
 
 
-async def test_expiry_ends_undelivered_messages(store: SqliteStore) -> None:
+async def test_expiry_ends_undelivered_messages(store: AnyStore) -> None:
     await store.accept(submission(1), allow)
     assert await store.expire(NOW + 3599, lambda p: record("expired")) == []
     expired = await store.expire(NOW + 3600, lambda p: record("expired"))
@@ -216,7 +316,7 @@ async def test_expiry_ends_undelivered_messages(store: SqliteStore) -> None:
     assert kinds == [EventKind.EXPIRY]
 
 
-async def test_audit_proofs_verify_against_the_tree(store: SqliteStore) -> None:
+async def test_audit_proofs_verify_against_the_tree(store: AnyStore) -> None:
     for n in range(13):
         await store.accept(submission(n), allow)
     head = await store.audit_head()
@@ -235,14 +335,13 @@ async def test_audit_proofs_verify_against_the_tree(store: SqliteStore) -> None:
         )
 
 
-async def test_committed_state_survives_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "k.db"
-    SqliteStore.migrate(path)
-    s = SqliteStore(path, RecordingSigner(), audit_leaf)
+async def test_committed_state_survives_reopen(backend: Backend) -> None:
+    await backend.migrate()
+    s = backend.new_store()
     await s.open()
     first = await s.accept(submission(1), allow)
     await s.close()
-    s2 = SqliteStore(path, RecordingSigner(), audit_leaf)
+    s2 = backend.new_store()
     await s2.open()
     try:
         again = await s2.accept(submission(1), allow)
@@ -251,3 +350,127 @@ async def test_committed_state_survives_reopen(tmp_path: Path) -> None:
         assert second.leaf_index == 1
     finally:
         await s2.close()
+
+
+def allow_unless_revoked(token: TokenRow | None) -> AuditRecord:
+    """The part of the relay's token check that matters for races: refuse a revoked token."""
+    if token is None or token.revoked_at is not None:
+        raise Refused("revoked")
+    return record("accepted")
+
+
+def token_row(token_id: str = "t1") -> TokenRow:
+    return TokenRow(token_id, "gemeente-velsen", "aa" * 32, b"signed", NOW + 999, NOW + 9999, NOW)
+
+
+async def test_same_message_twice_at_once_is_accepted_once(store: AnyStore) -> None:
+    # Both land in one group-commit batch: the second must get the first's receipt.
+    first, second = await asyncio.gather(
+        store.accept(submission(1), allow), store.accept(submission(1), allow)
+    )
+    assert first.receipt == second.receipt
+    assert first.leaf_index == second.leaf_index == 0
+    assert [first.first_time, second.first_time] == [True, False]
+    assert len(await store.audit_leaves()) == 1
+    other = await asyncio.gather(
+        store.accept(submission(2), allow),
+        store.accept(submission(2, body=b"other"), allow),
+        return_exceptions=True,
+    )
+    assert isinstance(other[1], DuplicateMessageError)
+
+
+async def test_revocation_in_the_same_batch_as_submissions(store: AnyStore) -> None:
+    await store.register_token(token_row(), record("registered"))
+    results = await asyncio.gather(
+        store.accept(submission(1), allow_unless_revoked),
+        store.revoke_token("t1", NOW + 1, b"revocation", record("revoked")),
+        store.accept(submission(2), allow_unless_revoked),
+        return_exceptions=True,
+    )
+    # Accepted before the revocation in the batch: purged by it; after it: refused.
+    assert [p.message_id for p in results[1]] == [f"{1:064x}"]  # type: ignore[union-attr]
+    assert isinstance(results[2], Refused)
+    assert await store.claim("halt", 10, NOW + 2, 60) == []
+    status = await store.message_status(f"{1:064x}")
+    assert status is not None
+    assert [r.state for r in status.recipients] == [DeliveryState.PURGED]
+
+
+async def test_receipt_then_duplicate_receipt_in_one_batch(store: AnyStore) -> None:
+    await store.accept(submission(1, recipients=("halt", "om")), allow)
+    await store.claim("halt", 10, NOW, 60)
+    ended = await asyncio.gather(
+        store.finish(f"{1:064x}", "halt", DeliveryState.DELIVERED, b"a", NOW, record("d1")),
+        store.finish(f"{1:064x}", "halt", DeliveryState.DELIVERED, b"a", NOW, record("d2")),
+        store.finish(f"{1:064x}", "om", DeliveryState.REJECTED, b"r", NOW, record("r1")),
+    )
+    assert list(ended) == [True, False, True]
+    events = await store.events("politie-ijmond", 10, NOW, 60)
+    assert sorted(e.kind for e in events) == [EventKind.RECEIPT, EventKind.REJECTION]
+    assert [e.event_id for e in events] == sorted(e.event_id for e in events)
+    # Accept + two finishes: the refused duplicate left no audit leaf.
+    assert len(await store.audit_leaves()) == 3
+
+
+async def test_message_status_and_queue_stats(store: AnyStore) -> None:
+    assert await store.message_status("0" * 64) is None
+    assert await store.queue_stats() == []
+    await store.accept(submission(1, recipients=("halt", "om")), allow)
+    await store.accept(submission(2), allow)
+    status = await store.message_status(f"{1:064x}")
+    assert status is not None
+    assert (status.sender, status.accepted_at, status.expires_at) == (
+        "politie-ijmond",
+        NOW,
+        NOW + 3600,
+    )
+    assert (status.header_hash, status.token_id) == ("00" * 32, "t1")
+    assert [(r.recipient, r.state, r.attempts) for r in status.recipients] == [
+        ("halt", DeliveryState.PENDING, 0),
+        ("om", DeliveryState.PENDING, 0),
+    ]
+    stats = sorted((q.recipient, q.depth, q.oldest_accepted_at) for q in await store.queue_stats())
+    assert stats == [("halt", 2, NOW), ("om", 1, NOW)]
+    delivered = await store.claim("halt", 10, NOW, 60)
+    assert [d.accepted_at for d in delivered] == [NOW, NOW]
+
+
+async def test_register_token_once_and_supersede(store: AnyStore) -> None:
+    assert await store.get_token("t1") is None
+    first = await store.register_token(token_row("t1"), record("registered"))
+    again = await store.register_token(token_row("t1"), record("registered again"))
+    assert again == first
+    newer = TokenRow(
+        "t2", "gemeente-velsen", "bb" * 32, b"signed2", NOW + 999, NOW + 9999, NOW, supersedes="t1"
+    )
+    await store.register_token(newer, record("registered t2"))
+    old = await store.get_token("t1")
+    assert old is not None
+    assert old.superseded_by == "t2"
+    # Two registrations, one audit leaf each; the repeated one wrote none.
+    assert len(await store.audit_leaves()) == 2
+
+
+async def test_record_audit_and_consistency_between_checkpoints(store: AnyStore) -> None:
+    head = await store.audit_head()
+    assert (head.size, head.root) == (0, EMPTY_ROOT)
+    indexes = [await store.record_audit(record(f"refusal {n}", None)) for n in range(3)]
+    assert indexes == [0, 1, 2]
+    for n in range(3, 20):
+        await store.accept(submission(n), allow)
+    notes = await store.checkpoints()
+    sizes = [int(note.split("\n")[1]) for note in notes]
+    assert sizes == sorted(sizes)
+    assert sizes[-1] == 20
+    roots = {int(n.split("\n")[1]): bytes.fromhex(n.split("\n")[2]) for n in notes}
+    for old in sizes:
+        hashes = await store.consistency_proof(old, 20)
+        verify_consistency(
+            ConsistencyProof(old_size=old, new_size=20, hashes=tuple(hashes)), roots[old], roots[20]
+        )
+    leaves = await store.audit_leaves()
+    assert leaves[0][2] == b"refusal 0"
+    assert [leaf for _, leaf, _, _ in leaves][:3] == [
+        audit_leaf(record(f"refusal {n}", None)) for n in range(3)
+    ]
