@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from adapters import cli as adapter_cli
+from adapters import cli_partner
 from adapters.config import ADAPTER_TOML, render_adapter_toml
 from gateway import cli_config, cli_schema, cli_serve
 from gateway.config import write_default_config
@@ -121,6 +123,8 @@ REGISTRARS: tuple[Register, ...] = (
     cli_config.register,
     cli_schema.register,
     cli_serve.register,
+    cli_partner.register,
+    adapter_cli.register,
 )
 
 
