@@ -17,7 +17,7 @@ from pathlib import Path
 from adapters import cli as adapter_cli
 from adapters import cli_partner
 from adapters.config import ADAPTER_TOML, render_adapter_toml
-from gateway import cli_config, cli_schema, cli_serve
+from gateway import cli_bench, cli_config, cli_schema, cli_serve
 from gateway.config import write_default_config
 from gateway.protocol.policy import default_policy, encode_policy
 from keys import KeysError
@@ -123,6 +123,7 @@ REGISTRARS: tuple[Register, ...] = (
     cli_config.register,
     cli_schema.register,
     cli_serve.register,
+    cli_bench.register,
     cli_partner.register,
     adapter_cli.register,
 )

@@ -14,6 +14,9 @@ Rules kept here:
   ``about:blank`` problem with status 400: there is no relay reason for it.
 * Binary objects (envelopes, signed receipts and events, tokens) travel as the request body in
   their own content types, or base64 inside JSON answers; the bytes are never re-encoded.
+* The API is described by ``gateway/openapi.yaml`` (package data; ``docs/openapi.yaml`` links to
+  it), served as YAML and JSON at ``/v1/openapi.yaml`` and ``/v1/openapi.json``. It is read and
+  parsed once when the application is built, so a broken description fails at start-up.
 * The operator listener is plain HTTP: ``/metrics``, ``/healthz`` (the process is alive) and
   ``/readyz`` (this replica can reach its store — nothing more, so an expiring directory never
   takes every replica out of the load balancer at once).
@@ -24,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.resources
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import yaml
 from aiohttp import web
 
 from gateway.metrics import UNMATCHED_ROUTE, GatewayMetrics
@@ -66,6 +72,26 @@ class Runtime:
 
 
 RUNTIME: Final = web.AppKey("runtime", Runtime)
+
+
+@dataclass(frozen=True)
+class OpenApiDocument:
+    """The API description as served: the shipped YAML bytes and their JSON rendering."""
+
+    yaml: bytes
+    json: bytes
+
+    @classmethod
+    def load(cls) -> OpenApiDocument:
+        """Read ``gateway/openapi.yaml`` from the installed package. Raises ``OSError`` or
+        ``yaml.YAMLError`` (a packaging bug, found at start-up rather than at the first
+        request)."""
+        raw = importlib.resources.files("gateway").joinpath("openapi.yaml").read_bytes()
+        document = yaml.safe_load(raw)
+        return cls(raw, json.dumps(document, ensure_ascii=False).encode("utf-8"))
+
+
+OPENAPI: Final = web.AppKey("openapi", OpenApiDocument)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -369,6 +395,16 @@ async def get_proof(request: web.Request) -> web.Response:
     )
 
 
+async def openapi_yaml(request: web.Request) -> web.Response:
+    # No ``_caller``: the TLS handshake already demands a covenant certificate, and a partner
+    # whose directory entry is changing should still be able to read how to talk to us.
+    return web.Response(body=request.app[OPENAPI].yaml, content_type="application/yaml")
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI].json, content_type="application/json")
+
+
 # -- lifecycle -----------------------------------------------------------------------------
 
 
@@ -411,6 +447,7 @@ def create_partner_app(runtime: Runtime) -> web.Application:
         + BODY_SLACK_BYTES,
     )
     app[RUNTIME] = runtime
+    app[OPENAPI] = OpenApiDocument.load()
     app.on_response_prepare.append(_api_version)
     app.cleanup_ctx.append(_runtime_ctx)
     app.router.add_post("/v1/messages", submit_message)
@@ -423,6 +460,8 @@ def create_partner_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/v1/directory", get_directory)
     app.router.add_get("/v1/audit/checkpoint", get_checkpoint)
     app.router.add_get("/v1/audit/proof", get_proof)
+    app.router.add_get("/v1/openapi.yaml", openapi_yaml)
+    app.router.add_get("/v1/openapi.json", openapi_json)
     return app
 
 

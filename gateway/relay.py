@@ -25,6 +25,12 @@ Rules kept here (DESIGN.md "The relay decision", "Delivery", "Audit log"):
   header decoded) and the reason (``AuditEntry.unverified_refusal``): nothing else in such a
   header is authenticated. If a refusal's audit entry cannot be written the answer becomes
   ``audit_unavailable``; if the store cannot commit, ``store_unavailable`` (both transient).
+* A sender key whose known ``compromised_since`` has passed is refused as ``key_compromised``
+  at once, even while its ``revoked_at`` lies ahead (compromise windows are judged at the
+  gateway's receive time).
+* Refusals of approach registration and revocation are counted and audited too: the sender is
+  the TLS partner; the token id is recorded only once the token's signature verified, or, for a
+  revocation, once the token is found registered.
 * Times: one ``now`` per operation from the injected ``Clock``; nothing reads the clock below.
 * An expired directory stops new acceptances (``directory_expired``) but never delivery:
   authentication, inboxes, receipts and revocations use the last verified directory.
@@ -299,7 +305,9 @@ class Relay:
         started = time.perf_counter()
         now = self.clock.now()
         sender_label = UNKNOWN_SENDER
-        tls_identity = _tls_identity(cert_der)
+        # The audit name of a caller refused before authentication; worked out only then (it
+        # parses the certificate, which an authenticated caller does not need again).
+        tls_identity: str | None = None
         header_hash: str | None = None
         try:
             partner = self.authenticate(cert_der, now)
@@ -327,7 +335,10 @@ class Relay:
             self._verify_signature(decoded, directory, now)
         except Refusal as refusal:
             entry = AuditEntry.unverified_refusal(
-                now, tls_identity, header_hash, refusal.code.value
+                now,
+                tls_identity if tls_identity is not None else _tls_identity(cert_der),
+                header_hash,
+                refusal.code.value,
             )
             raise await self._refused(refusal, entry, None, sender_label) from None
 
@@ -400,6 +411,16 @@ class Relay:
 
     @staticmethod
     def _verify_signature(decoded: DecodedEnvelope, directory: Directory, now: int) -> None:
+        # Compromise windows are judged at the gateway's receive time (DESIGN.md "Identities
+        # and keys"): a key signs nothing more once its known compromise time has passed, even
+        # while its ``revoked_at`` lies ahead; ``check_usable`` would call it usable then, and
+        # once revoked only ``key_revoked``.
+        try:
+            key = directory.owned_key(decoded.header.sender, decoded.header.sender_kid, KeyUse.SIGN)
+        except DirectoryError:
+            key = None  # ``verify_signature`` refuses it with its own reason
+        if key is not None and key.compromised_since is not None and now >= key.compromised_since:
+            raise Refusal(Reason.KEY_COMPROMISED, "the sender key is compromised since before now")
         try:
             verify_signature(decoded, directory, at=now)
         except EnvelopeError as exc:
@@ -508,12 +529,14 @@ class Relay:
         entry: AuditEntry,
         header: Header | None,
         sender: str | None = None,
+        token_id: str | None = None,
     ) -> Refusal:
         """Count and audit ``refusal``; return what to raise (``audit_unavailable`` when the
-        entry cannot be written)."""
+        entry cannot be written). ``token_id`` files the entry under a token when there is no
+        header (registration and revocation)."""
         sender_label = sender if sender is not None else (header.sender if header else None)
         self.metrics.refused(refusal.code.value, sender_label or UNKNOWN_SENDER)
-        token_id = header.token_id if header is not None else None
+        token_id = header.token_id if header is not None else token_id
         try:
             await self.store.record_audit(_record(entry, token_id))
         except (StoreError, Refusal) as exc:
@@ -537,13 +560,17 @@ class Relay:
         superseding one already superseded, is ``token_conflict``.
         """
         now = self.clock.now()
+        token_id: str | None = None  # recorded in a refusal's entry once the signature verified
         try:
             directory = self.directories.current(now)
         except DirectoryError as exc:
-            raise self._count(Refusal(Reason.DIRECTORY_EXPIRED, str(exc)), partner)
+            raise await self._approach_refused(
+                Refusal(Reason.DIRECTORY_EXPIRED, str(exc)), partner, now, token_id
+            ) from None
         try:
             signed = decode_signed(body)
             token = verify_token_signature(signed, directory)
+            token_id = token.token_id
             if token.coordinator != partner.id:
                 raise Refusal(
                     Reason.TOKEN_ISSUER_NOT_COORDINATING_MUNICIPALITY,
@@ -551,9 +578,11 @@ class Relay:
                 )
             check_token_status(token, directory, now=now, status=TokenStatus(registered_at=now))
         except ProtocolError as exc:
-            raise self._count(Refusal(exc.reason, str(exc)), partner) from None
+            raise await self._approach_refused(
+                Refusal(exc.reason, str(exc)), partner, now, token_id
+            ) from None
         except Refusal as refusal:
-            raise self._count(refusal, partner) from None
+            raise await self._approach_refused(refusal, partner, now, token_id) from None
         digest = token_hash(signed)
         try:
             existing = await self.store.get_token(token.token_id)
@@ -594,11 +623,15 @@ class Relay:
             stored = await self.store.register_token(row, audit)
         except StoreError as exc:
             self.metrics.store_error("register_token")
-            raise self._count(Refusal(Reason.STORE_UNAVAILABLE, str(exc)), partner) from None
+            raise await self._approach_refused(
+                Refusal(Reason.STORE_UNAVAILABLE, str(exc)), partner, now, token_id
+            ) from None
         except Refusal as refusal:
-            raise self._count(refusal, partner) from None
+            raise await self._approach_refused(refusal, partner, now, token_id) from None
         if stored.token_hash != digest:
-            raise self._count(Refusal(Reason.TOKEN_CONFLICT, "another token has this id"), partner)
+            raise await self._approach_refused(
+                Refusal(Reason.TOKEN_CONFLICT, "another token has this id"), partner, now, token_id
+            )
         self._token_cache[digest] = token
         logger.info("token_registered", extra={"partner": partner.id})
         return Registered(stored, first_time=stored.registered_at == now and stored == row)
@@ -612,10 +645,13 @@ class Relay:
         """
         now = self.clock.now()
         directory = self.directories.last()
+        # The path's token id is recorded in a refusal's entry only once it names a token.
+        registered_id: str | None = None
         try:
             row = await self.store.get_token(token_id)
             if row is None:
                 raise Refusal(Reason.TOKEN_NOT_REGISTERED, "no such approach token")
+            registered_id = row.token_id
             if row.coordinator != partner.id:
                 raise Refusal(Reason.REVOCATION_NOT_ISSUER, "only the issuer revokes a token")
             try:
@@ -638,9 +674,11 @@ class Relay:
             purged = await self.store.revoke_token(token_id, now, encode_signed(signed), audit)
         except StoreError as exc:
             self.metrics.store_error("revoke_token")
-            raise self._count(Refusal(Reason.STORE_UNAVAILABLE, str(exc)), partner) from None
+            raise await self._approach_refused(
+                Refusal(Reason.STORE_UNAVAILABLE, str(exc)), partner, now, registered_id
+            ) from None
         except Refusal as refusal:
-            raise self._count(refusal, partner) from None
+            raise await self._approach_refused(refusal, partner, now, registered_id) from None
         if purged:
             self.metrics.purged(Reason.TOKEN_REVOKED.value, len(purged))
         logger.info("token_revoked", extra={"partner": partner.id, "count": len(purged)})
@@ -658,6 +696,23 @@ class Relay:
         if partner.id not in token.participants:
             raise Refusal(Reason.SENDER_NOT_PARTICIPANT, "not a participant of this approach")
         return row, token
+
+    async def _approach_refused(
+        self, refusal: Refusal, partner: Partner, now: int, token_id: str | None
+    ) -> Refusal:
+        """Count and audit a refused registration or revocation; return what to raise.
+
+        The caller is the partner its TLS certificate names, so the entry records it as the
+        sender; ``token_id`` only when authenticated (see ``register_token``, ``revoke_token``).
+        """
+        entry = AuditEntry(
+            time=now,
+            decision=AuditDecision.REFUSED,
+            reason=refusal.code.value,
+            sender=partner.id,
+            token_id=token_id,
+        )
+        return await self._refused(refusal, entry, None, partner.id, token_id)
 
     def _count(self, refusal: Refusal, partner: Partner) -> Refusal:
         self.metrics.refused(refusal.code.value, partner.id)
@@ -704,7 +759,7 @@ class Relay:
         """
         now = self.clock.now()
         directory = self.directories.last()
-        work: list[tuple[DeliveryState, str, bytes, MessageStatus, str | None]] = []
+        verified: list[tuple[DeliveryState, bytes, DeliveryReceipt | Rejection]] = []
         for raw, state in [(r, DeliveryState.DELIVERED) for r in receipts] + [
             (r, DeliveryState.REJECTED) for r in rejections
         ]:
@@ -714,10 +769,20 @@ class Relay:
                 raise self._count(
                     Refusal(Reason.BAD_RECEIPT_SIGNATURE, "not a signed object"), partner
                 ) from None
-            obj = self._verify_receipt(signed, state, directory, partner, now)
-            status = await self.store_call(
-                "message_status", self.store.message_status(obj.message_id)
+            verified.append(
+                (state, raw, self._verify_receipt(signed, state, directory, partner, now))
             )
+        # The lookups (and below the finishes) are issued together, so that the store's group
+        # commit takes them in one batch instead of one commit per receipt; each is still its
+        # own operation, checked and applied exactly as one at a time.
+        statuses = await asyncio.gather(
+            *(
+                self.store_call("message_status", self.store.message_status(obj.message_id))
+                for _state, _raw, obj in verified
+            )
+        )
+        work: list[tuple[DeliveryState, str, bytes, MessageStatus, str | None]] = []
+        for (state, raw, obj), status in zip(verified, statuses, strict=True):
             if status is None:
                 raise self._count(Refusal(Reason.UNKNOWN_MESSAGE, "no such message"), partner)
             if partner.id not in {r.recipient for r in status.recipients}:
@@ -732,6 +797,7 @@ class Relay:
             reason = obj.reason.value if isinstance(obj, Rejection) else None
             work.append((state, obj.message_id, raw, status, reason))
         finished = already = 0
+        finishing = []
         for state, message_id, raw, status, reason in work:
             audit = _record(
                 AuditEntry(
@@ -747,9 +813,15 @@ class Relay:
                 ),
                 status.token_id or None,
             )
-            done = await self.store_call(
-                "finish", self.store.finish(message_id, partner.id, state, raw, now, audit)
+            finishing.append(
+                self.store_call(
+                    "finish", self.store.finish(message_id, partner.id, state, raw, now, audit)
+                )
             )
+        outcomes = await asyncio.gather(*finishing, return_exceptions=True)
+        for (_state, _id, _raw, status, reason), done in zip(work, outcomes, strict=True):
+            if isinstance(done, BaseException):
+                continue
             if not done:
                 already += 1
                 continue
@@ -759,6 +831,9 @@ class Relay:
                 self.metrics.observe_accept_to_receipt(float(max(0, now - status.accepted_at)))
             else:
                 self.metrics.rejected(partner.id, reason)
+        failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failed is not None:
+            raise failed
         acked = (
             await self.store_call("ack_events", self.store.ack_events(partner.id, acks))
             if acks

@@ -7,6 +7,9 @@
   partner API over real mTLS and the operator app over plain HTTP, both on port 0.
 * ``Gw.client(partner)`` is ``adapters.client.GatewayClient`` with that partner's certificate.
   ``Gw.seal`` / ``Gw.issue_token`` build envelopes and tokens with the partners' own keys.
+* ``Gw.use_directory(contents)`` makes the relay judge by another directory version from then
+  on (key times, coordinators, policy), as a directory refresh would; partners keep sealing
+  with the deployment's directory.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ from gateway.protocol.token import (
     token_hash,
 )
 from gateway.protocol.types import ApproachKind, MessageType, new_pseudonym
+from gateway.relay import StaticDirectorySource
 from gateway.server import Built, build_runtime
 from gateway.store.sqlite import SqliteStore
 from keys import Directory, Ed25519KeyPair, HybridKemKeyPair, KeyUse, Role
 from keys.deployment import DeploymentLayout
+from keys.directory import DirectoryContents
 from keys.keyfile import load_ed25519_key, load_encrypt_key
 from keys.tlsidentity import TlsFiles, client_context
 
@@ -133,6 +138,14 @@ class Gw:
         store = self.built.runtime.relay.store
         assert isinstance(store, SqliteStore)
         return store
+
+    def use_directory(self, contents: DirectoryContents) -> Directory:
+        """Have the relay use ``contents`` from now on as the next directory version, one that
+        never expires (so tests may move the clock by days). ``self.directory`` stays the
+        deployment's: it is what the partners seal with."""
+        directory = Directory(contents, version=self.directory.version + 1)
+        self.built.runtime.relay.directories = StaticDirectorySource(directory)
+        return directory
 
     async def client(self, partner_id: str, *, attempts: int = 1) -> GatewayClient:
         ctx = client_context(self.deployment.tls_files(partner_id))

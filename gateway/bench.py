@@ -1,0 +1,915 @@
+"""The relay benchmark: a real gateway against the ceiling of a bare aiohttp handler, in one run.
+
+Rules kept here (issue 3, item 8):
+
+* The gateway is the real thing: ``ketenpost serve`` in its own process, over mTLS, on a fresh
+  SQLite file with ``synchronous=FULL`` (every 202 follows a durable commit), every check of
+  the relay decision run for every message (only token signatures are cached, as the design
+  allows). The only settings changed are the per-partner rate limit (raised so that it does not
+  cap the measurement) and the log level, both as ``KETENPOST_*`` variables.
+* The ceiling is a bare aiohttp POST handler in its own process with the **same** TLS context
+  (client certificates required, the covenant CA), answering 202 with a small JSON document
+  without reading anything but the body: what HTTP over mTLS costs on this machine.
+* Senders submit **pre-sealed** envelopes: sealing and opening are the adapters' cost, measured
+  here separately, single-threaded, as seals/s, opens/s and outer-signature verifications/s.
+  Recipients long-poll, sign a delivery receipt per message (with the plaintext hash known
+  from sealing, so the load generator does not spend its core on decryption) and post them
+  in batches; one sender task drains and acknowledges the sender events.
+* A message counts as relayed when its delivery receipt was accepted: ``relay_msgs_per_s`` is
+  measured messages over the time from the first measured submission to the last receipt.
+  Latencies are measured by the load generator (``time.perf_counter``) around each request.
+* Everything binds to 127.0.0.1. This module imports ``keys`` and ``gateway`` only, never the
+  adapters (DESIGN.md layering): it speaks HTTP with aiohttp directly. A development
+  deployment is made by running ``ketenpost init`` as a subprocess, as a user would.
+* The machine is shared and noisy: compare figures as ratios within one run.
+
+``GatewayProcess`` and ``Covenant`` are reused by the crash-safety test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import platform
+import resource
+import secrets
+import signal
+import socket
+import sqlite3
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from gateway.protocol.envelope import (
+    CONTENT_TYPE as ENVELOPE_CONTENT_TYPE,
+)
+from gateway.protocol.envelope import (
+    decode_envelope,
+    encode_envelope,
+    open_envelope,
+    seal,
+    verify_signature,
+)
+from gateway.protocol.messages import encode_body, example
+from gateway.protocol.policy import default_policy, sendable_types
+from gateway.protocol.receipts import DeliveryReceipt, sign_delivery_receipt
+from gateway.protocol.token import RolePurpose, TokenSubject, encode_signed, issue, token_hash
+from gateway.protocol.types import ApproachKind, MessageType, new_pseudonym
+from gateway.signer import encode_signed_object
+from keys import Directory, Ed25519KeyPair, HybridKemKeyPair, KeyUse, Role
+from keys.keyfile import load_ed25519_key, load_encrypt_key
+from keys.signed_directory import TrustedDirectory, read_bundle
+from keys.tlsidentity import TlsFiles, client_context, server_context
+
+DAY: Final = 86_400
+# The W3C traceparent every benchmark envelope carries (a fixed, valid example value).
+TRACE: Final = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+SENDER: Final = "politie-ijmond"
+RECIPIENT: Final = "halt"
+COORDINATOR: Final = "gemeente-velsen"
+PARTICIPANTS: Final = (COORDINATOR, SENDER, RECIPIENT)
+TOKEN_CONTENT_TYPE: Final = "application/vnd.ketenpost.token+msgpack"
+# Targets of issue 3 on the 2-core development machine.
+TARGET_MSGS_PER_S: Final = 3000.0
+TARGET_ACCEPT_P99_MS: Final = 25.0
+# How long to wait for a process to listen, and for a run to finish, before giving up.
+READY_TIMEOUT_S: Final = 30.0
+RUN_TIMEOUT_S: Final = 600.0
+# The rate limit is a protection against a misbehaving partner, not part of the relay's
+# cost; the benchmark raises it so that it does not cap the measurement.
+BENCH_ENV: Final = {
+    "KETENPOST_LIMITS__RATE_PER_S": "1000000",
+    "KETENPOST_LIMITS__RATE_BURST": "1000000",
+}
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a process did not start, a request was refused)."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """One run's shape. ``messages`` are relayed end to end; ``crypto_samples`` envelopes are
+    opened and verified for the per-core figures (all ``messages`` are sealed and timed)."""
+
+    messages: int = 20_000
+    senders: int = 32
+    pollers: int = 4
+    poll_limit: int = 100
+    ceiling_requests: int = 20_000
+    crypto_samples: int = 1_000
+    quick: bool = False
+    profile: Path | None = None
+
+
+QUICK: Final = BenchSettings(messages=3_000, ceiling_requests=3_000, crypto_samples=300, quick=True)
+FULL: Final = BenchSettings()
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the process binds it itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ketenpost_command(*args: str) -> list[str]:
+    """The ``ketenpost`` command line with this interpreter (no PATH lookup)."""
+    return [sys.executable, "-m", "ketenpost", *args]
+
+
+def run_ketenpost(*args: str, env: Mapping[str, str] | None = None) -> str:
+    """Run one ``ketenpost`` verb to completion; its stdout. Raises ``BenchError``."""
+    done = subprocess.run(
+        ketenpost_command(*args),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"ketenpost {args[0]} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def make_deployment(target: Path) -> Path:
+    """``ketenpost init`` a development deployment in ``target``; its root."""
+    run_ketenpost("init", str(target))
+    return target
+
+
+class GatewayProcess:
+    """``ketenpost serve`` as a subprocess on fixed ports and one SQLite file, restartable.
+
+    The ports are chosen once, so clients keep their URL across restarts. ``kill`` is SIGKILL
+    (nothing runs in the gateway after it); ``stop`` is SIGTERM, the orderly shutdown.
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        store: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+        profile: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.env = {**os.environ, **(env or {})}
+        self.log = log
+        self.profile = profile
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def operator_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def migrate(self) -> None:
+        run_ketenpost(
+            "store",
+            "migrate",
+            "--config",
+            str(self.config),
+            "--store",
+            self.store_url,
+            env=self.env,
+        )
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite://{self.store.resolve()}"
+
+    def command(self) -> list[str]:
+        serve = [
+            "serve",
+            "--config",
+            str(self.config),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--metrics-listen",
+            f"127.0.0.1:{self.metrics_port}",
+            "--store",
+            self.store_url,
+        ]
+        if self.profile is None:
+            return ketenpost_command(*serve)
+        # pyinstrument samples the event loop thread; SIGTERM ends serve() normally, so the
+        # report is written on the way out.
+        return [
+            sys.executable,
+            "-m",
+            "pyinstrument",
+            "-r",
+            "text",
+            "-o",
+            str(self.profile),
+            "-m",
+            "ketenpost",
+            *serve,
+        ]
+
+    def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            raise BenchError("the gateway is already running")
+        out = (
+            self.log.open("ab") if self.log is not None else open(os.devnull, "wb")  # noqa: SIM115
+        )
+        with out:
+            self.process = subprocess.Popen(
+                self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
+        self.starts += 1
+
+    async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until ``/readyz`` answers 200. Raises ``BenchError`` if the process exits first."""
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while time.monotonic() < deadline:
+                if self.process is None or self.process.poll() is not None:
+                    raise BenchError(f"the gateway exited during start-up{self._log_tail()}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(self.operator_url + "/readyz") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+        raise BenchError(f"the gateway was not ready within {timeout_s} s{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return ": " + self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait; the exit code (SIGKILL after ``timeout_s``)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.process.returncode)
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the running gateway process (Linux ``/proc``)."""
+        if self.process is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        ticks = os.sysconf("SC_CLK_TCK")
+        # After the ")" of the command name: state is field 0, utime 11 and stime 12.
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+
+# -- the covenant, from a deployment folder -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisteredToken:
+    token_id: str
+    token_hash: str
+    subjects: tuple[str, ...]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A pre-sealed envelope and what its recipient's receipt needs."""
+
+    message_id: str
+    envelope: bytes
+    header_hash: str
+    plaintext_hash: str
+
+
+class Covenant:
+    """The partners' keys and the verified directory of a ``ketenpost init`` deployment."""
+
+    def __init__(self, root: Path, *, now: int) -> None:
+        self.root = root
+        trusted = TrustedDirectory((root / "directory" / "root.json").read_bytes())
+        self.directory: Directory = trusted.update(read_bundle(root / "directory"), now)
+        self.gateway_config = root / "gateway.toml"
+
+    def folder(self, partner: str) -> Path:
+        return self.root / "partners" / partner
+
+    def tls(self, partner: str) -> TlsFiles:
+        keys = self.folder(partner) / "keys"
+        return TlsFiles(
+            certificate=keys / "tls.crt",
+            private_key=keys / "tls.key",
+            trust_anchors=(self.folder(partner) / "trust" / "ca.crt",),
+        )
+
+    def client_ssl(self, partner: str) -> ssl.SSLContext:
+        return client_context(self.tls(partner))
+
+    def sign_key(self, partner: str) -> Ed25519KeyPair:
+        return load_ed25519_key(self.folder(partner) / "keys" / "sign.key", KeyUse.SIGN)
+
+    def encrypt_key(self, partner: str) -> HybridKemKeyPair:
+        return load_encrypt_key(self.folder(partner) / "keys" / "encrypt.key")
+
+    def issue_token(
+        self, *, now: int, participants: Sequence[str] = PARTICIPANTS
+    ) -> RegisteredToken:
+        """A group-approach token of the coordinator for one fresh, informed subject."""
+        policy = default_policy()
+        subjects = (TokenSubject(pseudonym=new_pseudonym(), informed_at=now - DAY),)
+        signed, _opening = issue(
+            key=load_ed25519_key(self.folder(COORDINATOR) / "keys" / "token.key", KeyUse.TOKEN),
+            coordinator=COORDINATOR,
+            kind=ApproachKind.GROUP,
+            subjects=subjects,
+            participants=tuple(participants),
+            allowed={
+                role: sorted(sendable_types(policy, ApproachKind.GROUP, role)) for role in Role
+            },
+            valid_from=now - DAY,
+            valid_until=now + 30 * DAY,
+            retention_until=now + 365 * DAY,
+            policy=policy,
+            purposes={
+                Role.MUNICIPALITY: RolePurpose(purpose="Regie.", legal_basis="Convenant art. 4")
+            },
+            decided_by="Regisseur",
+            decided_on=datetime.datetime.fromtimestamp(now - DAY, tz=datetime.UTC).date(),
+            decision_reference="BENCH-1",
+            informing={s.pseudonym: "Per brief." for s in subjects},
+            now=now,
+        )
+        token_id: str = msgspec.msgpack.decode(signed.payload)["token_id"]
+        return RegisteredToken(
+            token_id,
+            token_hash(signed),
+            tuple(s.pseudonym for s in subjects),
+            encode_signed(signed),
+        )
+
+    def sealer(self, token: RegisteredToken, *, now: int) -> Iterator[Sealed]:
+        """Endless fresh envelopes ``SENDER`` -> ``RECIPIENT`` (a ``signal`` about the token's
+        subject), each with a random message id."""
+        sign_key = self.sign_key(SENDER)
+        recipients = [(RECIPIENT, self.directory.current_key(RECIPIENT, KeyUse.ENCRYPT, now))]
+        body = encode_body(example(MessageType.SIGNAL, subjects=tuple(sorted(token.subjects))))
+        plaintext_hash = hashlib.sha256(body).hexdigest()
+        while True:
+            message_id = secrets.token_hex(32)
+            data = encode_envelope(
+                seal(
+                    sender=SENDER,
+                    sign_key=sign_key,
+                    recipients=recipients,
+                    body=body,
+                    message_id=message_id,
+                    token_id=token.token_id,
+                    token_hash=token.token_hash,
+                    subjects=token.subjects,
+                    message_type=MessageType.SIGNAL,
+                    schema_version=1,
+                    created_at=now,
+                    expires_at=now + 7 * DAY,
+                    trace_id=TRACE,
+                )
+            )
+            header_hash = decode_envelope(data).header_hash.hex()
+            yield Sealed(message_id, data, header_hash, plaintext_hash)
+
+    def receipt(self, sealed: Sealed, key: Ed25519KeyPair, *, now: int) -> bytes:
+        """``RECIPIENT``'s signed delivery receipt for ``sealed``."""
+        return encode_signed_object(
+            sign_delivery_receipt(
+                DeliveryReceipt(
+                    message_id=sealed.message_id,
+                    header_hash=sealed.header_hash,
+                    recipient=RECIPIENT,
+                    received_at=now,
+                    plaintext_hash=sealed.plaintext_hash,
+                ),
+                key,
+            )
+        )
+
+
+# -- crypto per core -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CryptoFigures:
+    seals_per_s: float
+    opens_per_s: float
+    verify_per_s: float
+
+
+def measure_crypto(
+    covenant: Covenant, token: RegisteredToken, messages: int, samples: int, *, now: int
+) -> tuple[list[Sealed], CryptoFigures]:
+    """Seal ``messages`` envelopes (timed: seals/s), then open and verify ``samples`` of them
+    (opens/s, outer-signature verifications/s). Single-threaded: figures per core."""
+    sealer = covenant.sealer(token, now=now)
+    started = time.perf_counter()
+    sealed = [next(sealer) for _ in range(messages)]
+    seal_s = time.perf_counter() - started
+    sample = sealed[: max(1, min(samples, len(sealed)))]
+    key = covenant.encrypt_key(RECIPIENT)
+    keys = {key.kid: key}
+    started = time.perf_counter()
+    for s in sample:
+        open_envelope(
+            s.envelope,
+            covenant.directory,
+            recipient=RECIPIENT,
+            encrypt_keys=keys,
+            accepted_at=now,
+            now=now,
+        )
+    open_s = time.perf_counter() - started
+    decoded = [decode_envelope(s.envelope) for s in sample]
+    started = time.perf_counter()
+    for d in decoded:
+        verify_signature(d, covenant.directory, at=now)
+    verify_s = time.perf_counter() - started
+    return sealed, CryptoFigures(
+        seals_per_s=len(sealed) / seal_s,
+        opens_per_s=len(sample) / open_s,
+        verify_per_s=len(decoded) / verify_s,
+    )
+
+
+# -- the ceiling: a bare aiohttp POST handler over the same mTLS ----------------------------
+
+
+async def _bare_post(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response({"received": len(body)}, status=202)
+
+
+def gateway_ssl(root: Path) -> ssl.SSLContext:
+    """The gateway's server context of the deployment in ``root`` (the ceiling server's)."""
+    return server_context(
+        TlsFiles(
+            certificate=root / "gateway" / "tls.crt",
+            private_key=root / "gateway" / "tls.key",
+            trust_anchors=(root / "ca" / "ca.crt",),
+        )
+    )
+
+
+def serve_ceiling(root: Path, port: int) -> None:
+    """Run the bare handler on 127.0.0.1:``port`` with the gateway's TLS context until SIGTERM."""
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.router.add_post("/v1/messages", _bare_post)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ssl_context=gateway_ssl(root),
+        access_log=None,
+        print=None,
+    )
+
+
+def start_ceiling(root: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start ``serve_ceiling`` in its own process (as the gateway runs in its own)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.bench", "ceiling", str(root), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError("the ceiling server exited during start-up")
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise BenchError("the ceiling server did not listen in time")
+
+
+def _session(ssl_context: ssl.SSLContext, connections: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_context, limit=connections),
+        timeout=aiohttp.ClientTimeout(total=120),
+    )
+
+
+async def measure_ceiling(
+    covenant: Covenant, settings: BenchSettings, envelopes: list[bytes]
+) -> float:
+    """Requests per second of ``settings.senders`` concurrent POSTs to the bare handler."""
+    port = free_port()
+    process = start_ceiling(covenant.root, port)
+    try:
+        await _wait_port(port, process)
+        url = f"https://127.0.0.1:{port}/v1/messages"
+        headers = {"Content-Type": ENVELOPE_CONTENT_TYPE}
+        async with _session(covenant.client_ssl(SENDER), settings.senders) as session:
+
+            async def post(i: int) -> None:
+                data = envelopes[i % len(envelopes)]
+                async with session.post(url, data=data, headers=headers) as response:
+                    await response.read()
+                    if response.status != 202:
+                        raise BenchError(f"the ceiling server answered {response.status}")
+
+            async def worker(start: int, count: int) -> None:
+                for i in range(start, start + count):
+                    await post(i)
+
+            # Warm up every connection (TLS handshakes are not what this measures).
+            await asyncio.gather(*(post(i) for i in range(settings.senders)))
+            per = max(1, settings.ceiling_requests // settings.senders)
+            started = time.perf_counter()
+            await asyncio.gather(*(worker(w * per, per) for w in range(settings.senders)))
+            elapsed = time.perf_counter() - started
+        return per * settings.senders / elapsed
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# -- the relay -----------------------------------------------------------------------------
+
+
+@dataclass
+class RelayRun:
+    """What the load generator saw (times from ``time.perf_counter``)."""
+
+    accept_ms: list[float] = field(default_factory=list)
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    receipted_at: dict[str, float] = field(default_factory=dict)
+    deliveries: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    events_acked: int = 0
+    receipt_posts: int = 0
+    polls: int = 0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by the nearest-rank method; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+class RelayLoad:
+    """Senders, recipients and the sender-event drainer against one running gateway."""
+
+    def __init__(
+        self,
+        covenant: Covenant,
+        url: str,
+        settings: BenchSettings,
+        sealed: Sequence[Sealed],
+    ) -> None:
+        self.covenant = covenant
+        self.url = url
+        self.settings = settings
+        self.by_id = {s.message_id: s for s in sealed}
+        self.halt_key = covenant.sign_key(RECIPIENT)
+        self.run = RelayRun()
+        self.expected: set[str] = set()
+        self.all_receipted = asyncio.Event()
+        self.stopping = False
+
+    async def register(self, token: RegisteredToken) -> None:
+        async with (
+            _session(self.covenant.client_ssl(COORDINATOR), 1) as session,
+            session.post(
+                self.url + "/v1/approaches",
+                data=token.body,
+                headers={"Content-Type": TOKEN_CONTENT_TYPE},
+            ) as response,
+        ):
+            if response.status not in (200, 201):
+                detail = await response.text()
+                raise BenchError(f"token registration refused ({response.status}): {detail}")
+
+    async def send(self, session: aiohttp.ClientSession, items: Sequence[Sealed]) -> None:
+        headers = {"Content-Type": ENVELOPE_CONTENT_TYPE}
+        for item in items:
+            started = time.perf_counter()
+            async with session.post(
+                self.url + "/v1/messages", data=item.envelope, headers=headers
+            ) as response:
+                body = await response.read()
+                done = time.perf_counter()
+            if response.status != 202:
+                try:
+                    reason = str(json.loads(body).get("reason", response.status))
+                except ValueError:
+                    reason = str(response.status)
+                self.run.refused[reason] = self.run.refused.get(reason, 0) + 1
+                raise BenchError(f"the gateway refused a benchmark message: {reason}")
+            self.run.accept_ms.append((done - started) * 1000)
+            self.run.accepted_at[item.message_id] = done
+
+    async def receive(self, session: aiohttp.ClientSession) -> None:
+        params = {"wait": "1", "limit": str(self.settings.poll_limit)}
+        while not self.stopping:
+            async with session.get(self.url + "/v1/inbox", params=params) as response:
+                if response.status != 200:
+                    raise BenchError(f"inbox answered {response.status}")
+                doc = await response.json()
+            self.run.polls += 1
+            deliveries = doc["deliveries"]
+            if not deliveries:
+                continue
+            self.run.deliveries += len(deliveries)
+            now = int(time.time())
+            receipts = [
+                self.covenant.receipt(self.by_id[d["message_id"]], self.halt_key, now=now)
+                for d in deliveries
+            ]
+            payload = {
+                "receipts": [_b64(r) for r in receipts],
+                "rejections": [],
+                "acks": [],
+            }
+            async with session.post(self.url + "/v1/receipts", json=payload) as response:
+                if response.status != 200:
+                    raise BenchError(
+                        f"receipts answered {response.status}: {await response.text()}"
+                    )
+                await response.read()
+            done = time.perf_counter()
+            self.run.receipt_posts += 1
+            for d in deliveries:
+                self.run.receipted_at.setdefault(d["message_id"], done)
+            if self.expected and self.expected.issubset(self.run.receipted_at):
+                self.all_receipted.set()
+
+    async def drain_events(self, session: aiohttp.ClientSession) -> None:
+        params = {"wait": "1", "limit": "100"}
+        while not self.stopping:
+            async with session.get(self.url + "/v1/inbox", params=params) as response:
+                if response.status != 200:
+                    raise BenchError(f"inbox answered {response.status}")
+                doc = await response.json()
+            ids = [e["event_id"] for e in doc["events"]]
+            if not ids:
+                continue
+            async with session.post(self.url + "/v1/receipts", json={"acks": ids}) as response:
+                if response.status != 200:
+                    raise BenchError(f"event acks answered {response.status}")
+                self.run.events_acked += int((await response.json())["acked"])
+
+    async def phase(self, sender: aiohttp.ClientSession, items: Sequence[Sealed]) -> float:
+        """Submit ``items`` over ``settings.senders`` tasks; wait until all are receipted.
+        Returns the seconds from the first submission to the last receipt."""
+        self.expected = {s.message_id for s in items}
+        self.all_receipted.clear()
+        n = self.settings.senders
+        slices = [items[i::n] for i in range(n)]
+        started = time.perf_counter()
+        await asyncio.gather(*(self.send(sender, s) for s in slices if s))
+        await asyncio.wait_for(self.all_receipted.wait(), RUN_TIMEOUT_S)
+        last = max(self.run.receipted_at[m] for m in self.expected)
+        return last - started
+
+
+def _b64(data: bytes) -> str:
+    import base64  # noqa: PLC0415 - only the load generator needs it
+
+    return base64.b64encode(data).decode("ascii")
+
+
+async def measure_relay(
+    covenant: Covenant,
+    gateway: GatewayProcess,
+    settings: BenchSettings,
+    token: RegisteredToken,
+    sealed: Sequence[Sealed],
+) -> tuple[RelayRun, float, int, float]:
+    """Run warm-up then the measured phase. Returns the run, its seconds, the measured
+    message count and the gateway's CPU seconds during the measured phase."""
+    load = RelayLoad(covenant, gateway.url, settings, sealed)
+    await load.register(token)
+    warmup = min(len(sealed) // 10, settings.senders * 4)
+    sender = _session(covenant.client_ssl(SENDER), settings.senders)
+    recipient = _session(covenant.client_ssl(RECIPIENT), settings.pollers * 2)
+    drainer = _session(covenant.client_ssl(SENDER), 2)
+    async with sender, recipient, drainer:
+        background = [asyncio.create_task(load.receive(recipient)) for _ in range(settings.pollers)]
+        background.append(asyncio.create_task(load.drain_events(drainer)))
+        try:
+            await load.phase(sender, sealed[:warmup])
+            load.run.accept_ms.clear()
+            cpu_before = gateway.cpu_seconds()
+            elapsed = await load.phase(sender, sealed[warmup:])
+            cpu = gateway.cpu_seconds() - cpu_before
+        finally:
+            load.stopping = True
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    # Only the measured messages count for accept-to-receipt.
+    measured = sealed[warmup:]
+    run = load.run
+    run.accepted_at = {s.message_id: run.accepted_at[s.message_id] for s in measured}
+    return run, elapsed, len(measured), cpu
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def machine_info(loadavg_before: Sequence[float]) -> dict[str, Any]:
+    """The machine, and its load average before and after the run (a shared machine's other
+    work shows there)."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "aiohttp": aiohttp.__version__,
+        "openssl": ssl.OPENSSL_VERSION,
+        "sqlite": sqlite3.sqlite_version,
+        "loadavg_before": [round(x, 2) for x in loadavg_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _round(value: float, digits: int = 2) -> float:
+    return round(value, digits)
+
+
+async def run_bench(settings: BenchSettings, workdir: Path) -> dict[str, Any]:
+    """One complete benchmark in ``workdir``; the result document."""
+    run_started = time.perf_counter()
+    loadavg_before = os.getloadavg()
+    root = make_deployment(workdir / "covenant")
+    # After init: its keys become active at the time it ran.
+    now = int(time.time())
+    covenant = Covenant(root, now=now)
+    token = covenant.issue_token(now=now)
+    sealed, crypto = measure_crypto(
+        covenant, token, settings.messages, settings.crypto_samples, now=now
+    )
+    ceiling = await measure_ceiling(
+        covenant, settings, [s.envelope for s in sealed[: settings.senders * 8]]
+    )
+    gateway = GatewayProcess(
+        covenant.gateway_config,
+        workdir / "ketenpost.db",
+        env={**BENCH_ENV, "KETENPOST_LOG__LEVEL": "warning"},
+        log=workdir / "gateway.log",
+        profile=settings.profile,
+    )
+    gateway.migrate()
+    gateway.start()
+    try:
+        await gateway.wait_ready()
+        load_cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        run, elapsed, measured, gateway_cpu = await measure_relay(
+            covenant, gateway, settings, token, sealed
+        )
+        load_cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        exit_code = gateway.stop()
+    if exit_code != 0:
+        raise BenchError(f"the gateway exited with {exit_code}{gateway._log_tail()}")
+    audit = json.loads(
+        run_ketenpost(
+            "audit",
+            "verify",
+            "--config",
+            str(covenant.gateway_config),
+            "--store",
+            gateway.store_url,
+        )
+    )
+    to_receipt = [max(0.0, (run.receipted_at[m] - t) * 1000) for m, t in run.accepted_at.items()]
+    relay_rate = measured / elapsed
+    load_cpu = (load_cpu_after.ru_utime + load_cpu_after.ru_stime) - (
+        load_cpu_before.ru_utime + load_cpu_before.ru_stime
+    )
+    accept_p99 = percentile(run.accept_ms, 99)
+    return {
+        "relay_msgs_per_s": _round(relay_rate, 1),
+        "ceiling_req_per_s": _round(ceiling, 1),
+        "relay_to_ceiling_ratio": _round(relay_rate / ceiling, 3),
+        "accept_p50_ms": _round(percentile(run.accept_ms, 50)),
+        "accept_p99_ms": _round(accept_p99),
+        "accept_to_receipt_p50_ms": _round(percentile(to_receipt, 50)),
+        "accept_to_receipt_p99_ms": _round(percentile(to_receipt, 99)),
+        "accept_mean_ms": _round(statistics.fmean(run.accept_ms) if run.accept_ms else 0.0),
+        "senders": settings.senders,
+        "pollers": settings.pollers,
+        "messages": measured,
+        "warmup_messages": len(sealed) - measured,
+        "relay_seconds": _round(elapsed, 3),
+        "deliveries": run.deliveries,
+        "redeliveries": max(0, run.deliveries - len(sealed)),
+        "receipt_posts": run.receipt_posts,
+        "sender_events_acked": run.events_acked,
+        "refused": run.refused,
+        "gateway_cpu_s_per_1000_msgs": _round(gateway_cpu / measured * 1000, 3),
+        "loadgen_cpu_s_per_1000_msgs": _round(load_cpu / measured * 1000, 3),
+        "seals_per_s": _round(crypto.seals_per_s, 1),
+        "opens_per_s": _round(crypto.opens_per_s, 1),
+        "verify_per_s": _round(crypto.verify_per_s, 1),
+        "audit_verified": bool(audit.get("ok")),
+        "audit_leaves": audit.get("leaves"),
+        "targets": {"relay_msgs_per_s": TARGET_MSGS_PER_S, "accept_p99_ms": TARGET_ACCEPT_P99_MS},
+        "targets_met": {
+            "relay_msgs_per_s": relay_rate >= TARGET_MSGS_PER_S,
+            "accept_p99_ms": accept_p99 <= TARGET_ACCEPT_P99_MS,
+        },
+        "gateway": {
+            "store": "sqlite",
+            "synchronous": "FULL",
+            "tls": "mTLS (client certificates required)",
+            "log_level": "warning",
+            "rate_limit": "raised for the benchmark",
+        },
+        "quick": settings.quick,
+        "machine": machine_info(loadavg_before),
+        "started_at": datetime.datetime.fromtimestamp(now, tz=datetime.UTC).isoformat(),
+        "duration_s": _round(time.perf_counter() - run_started, 1),
+    }
+
+
+def bench(settings: BenchSettings, workdir: Path | None = None) -> dict[str, Any]:
+    """Run the benchmark (in a temporary folder unless ``workdir``). Raises ``BenchError``."""
+    if workdir is not None:
+        return asyncio.run(run_bench(settings, workdir))
+    with tempfile.TemporaryDirectory(prefix="ketenpost-bench-") as tmp:
+        return asyncio.run(run_bench(settings, Path(tmp)))
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gateway.bench ceiling ROOT PORT``: the ceiling server process."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ceiling = sub.add_parser("ceiling", help="the bare aiohttp POST handler over mTLS")
+    ceiling.add_argument("root", type=Path)
+    ceiling.add_argument("port", type=int)
+    args = parser.parse_args(argv)
+    serve_ceiling(args.root, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

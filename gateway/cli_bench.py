@@ -1,0 +1,84 @@
+"""``ketenpost bench``: the relay benchmark (``gateway.bench``) as a command.
+
+Thin front end (house rule 10): the result document goes to ``--out`` and, as JSON, to stdout;
+``ketenpost: error: …`` to stderr and exit 1 if the run fails. ``--messages`` (hidden) shrinks
+a run for the test suite; ``--profile`` runs the gateway under pyinstrument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Final
+
+from gateway.bench import FULL, QUICK, BenchError, bench
+
+PROG: Final = "ketenpost"
+EXIT_FAILED: Final = 1
+
+_EXAMPLES: Final = """\
+examples:
+  ketenpost bench --quick --out bench-quick.json     (under a minute)
+  ketenpost bench --out bench-results.json           (make bench)
+  ketenpost bench --quick --profile gateway-profile.txt --out bench-quick.json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bench``."""
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark the relay against a bare aiohttp handler on 127.0.0.1",
+        description=(
+            "Start a real gateway (mTLS, SQLite, durable commit) and a bare aiohttp handler "
+            "over the same mTLS, relay pre-sealed envelopes police -> halt with signed "
+            "delivery receipts, and write the figures as JSON."
+        ),
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.json", help="result file")
+    p.add_argument("--senders", type=int, metavar="N", help="concurrent senders (default 32)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE.txt",
+        help="run the gateway under pyinstrument and write its text report here",
+    )
+    # For the test suite: a tiny run. Not a figure to quote.
+    p.add_argument("--messages", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    settings = QUICK if args.quick else FULL
+    if args.messages is not None:
+        if args.messages < 1:
+            print(f"{PROG}: error: --messages must be at least 1", file=sys.stderr)
+            return EXIT_FAILED
+        settings = dataclasses.replace(
+            settings,
+            messages=args.messages,
+            ceiling_requests=args.messages,
+            crypto_samples=min(settings.crypto_samples, args.messages),
+        )
+    if args.senders is not None:
+        if args.senders < 1:
+            print(f"{PROG}: error: --senders must be at least 1", file=sys.stderr)
+            return EXIT_FAILED
+        settings = dataclasses.replace(settings, senders=args.senders)
+    if args.profile is not None:
+        settings = dataclasses.replace(settings, profile=args.profile.resolve())
+    try:
+        result = bench(settings)
+    except (BenchError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    text = json.dumps(result, indent=2)
+    args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
