@@ -25,7 +25,11 @@ from adapters.errors import AdapterConfigError
 TransportFactory = Callable[[AdapterConfig, Clock], Transport]
 
 # name → "module:function" of a ``TransportFactory``. Partner adapters add themselves here.
-BUILTIN_TRANSPORTS: Final[Mapping[str, str]] = MappingProxyType({})
+BUILTIN_TRANSPORTS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "welfare-sql": "adapters.partners.welfare:create_transport",
+    }
+)
 
 
 class TransportRegistry:
