@@ -27,6 +27,8 @@ TransportFactory = Callable[[AdapterConfig, Clock], Transport]
 # name → "module:function" of a ``TransportFactory``. Partner adapters add themselves here.
 BUILTIN_TRANSPORTS: Final[Mapping[str, str]] = MappingProxyType(
     {
+        "om-xml": "adapters.partners.om:create_transport",
+        "halt-csv": "adapters.partners.halt:create_transport",
         "welfare-sql": "adapters.partners.welfare:create_transport",
     }
 )
