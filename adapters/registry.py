@@ -30,6 +30,7 @@ BUILTIN_TRANSPORTS: Final[Mapping[str, str]] = MappingProxyType(
         "om-xml": "adapters.partners.om:create_transport",
         "halt-csv": "adapters.partners.halt:create_transport",
         "welfare-sql": "adapters.partners.welfare:create_transport",
+        "zgw": "adapters.partners.zgw:create_transport",
     }
 )
 
