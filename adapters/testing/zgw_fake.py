@@ -3,11 +3,12 @@ that the ``zgw`` adapter uses, in memory, on 127.0.0.1, for tests and the demo.
 
 Rules kept here:
 
-* Paths, field names, required fields, status codes and list shapes follow the
-  VNG specifications (copied into ``tests/specs/zgw/``; ``tests/adapters/test_partner_zgw.py``
-  validates the answers against their schemas): paginated lists ``{count, next, previous, results}``;
-  ``zaakinformatieobjecten`` and ``zaakeigenschappen`` plain arrays; errors as ``Fout`` /
-  ``ValidatieFout`` (``application/problem+json``); ``API-version`` on every answer.
+* Paths, field names, required fields, status codes and list shapes follow the VNG
+  specifications (copied into ``tests/specs/zgw/``; ``tests/adapters/test_partner_zgw.py``
+  validates the answers against their schemas): paginated lists
+  ``{count, next, previous, results}``; ``zaakinformatieobjecten`` and
+  ``zaakeigenschappen`` plain arrays; errors as ``Fout`` / ``ValidatieFout``
+  (``application/problem+json``); ``API-version`` on every answer.
 * Every request needs a ZGW JWT (HS256, ``client_id``/``iss`` claim naming a known client,
   ``iat`` within ``max_skew_s`` of the fake's clock): 401 otherwise. ``/zaken`` needs
   ``Accept-Crs`` (and ``Content-Crs`` with a body): 412 otherwise.
