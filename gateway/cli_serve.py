@@ -3,6 +3,11 @@
 Rules kept here (house rule 10): data to stdout, ``ketenpost: error: <one line>`` to stderr;
 exit 0 on success, 2 for a bad configuration (as ``config check``), 1 for any other failure
 (a store that cannot be opened, an audit log that does not verify).
+
+The store is the one ``store.url`` names (``sqlite://`` or ``postgresql://``; ``--store``
+overrides it). A PostgreSQL password comes from ``store.password`` /
+``KETENPOST_STORE__PASSWORD_FILE`` only: never from the URL or the command line, where ``ps``
+and shell histories would show it.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ from gateway.audit import AuditVerifyError, verify_log
 from gateway.config import GatewayConfig, apply_cli_overrides, load_config
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
-from gateway.relay import audit_leaf_hash
-from gateway.server import serve, sqlite_path
+from gateway.server import make_store, serve
 from gateway.signer import GatewaySigner
 from gateway.store.errors import StoreError
 from gateway.store.sqlite import SqliteStore
@@ -42,7 +46,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _config_arg(s)
     s.add_argument("--listen", metavar="HOST:PORT", help="partner API address (HTTPS)")
     s.add_argument("--metrics-listen", metavar="HOST:PORT", help="/metrics, /healthz, /readyz")
-    s.add_argument("--store", metavar="URL", help="store URL (sqlite:///ABSOLUTE/PATH)")
+    s.add_argument(
+        "--store",
+        metavar="URL",
+        help="store URL: sqlite:///ABSOLUTE/PATH or postgresql://USER@HOST:PORT/DB "
+        "(password from KETENPOST_STORE__PASSWORD_FILE)",
+    )
     s.set_defaults(handler=run_serve)
 
     store = subparsers.add_parser("store", help="store maintenance")
@@ -104,17 +113,33 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_postgres(config: GatewayConfig, dry_run: bool) -> list[str]:
+    from gateway.store.postgres import PostgresStore  # noqa: PLC0415 - the postgres extra
+
+    password = config.store.password.reveal() if config.store.password is not None else None
+    return asyncio.run(PostgresStore.migrate(config.store.url, dry_run=dry_run, password=password))
+
+
 def run_migrate(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
-        path = sqlite_path(config)
     except ConfigError as exc:
         return _error(exc, EXIT_BAD_CONFIG)
+    path = config.store.sqlite_path
     try:
-        applied = SqliteStore.migrate(path, dry_run=args.dry_run)
-    except Exception as exc:  # sqlite3 and OS errors: one line, exit 1
+        if path is not None:
+            applied = SqliteStore.migrate(path, dry_run=args.dry_run)
+        else:
+            applied = _migrate_postgres(config, args.dry_run)
+    except ImportError:
+        return _error("store.url: a postgresql:// store needs the postgres extra", EXIT_BAD_CONFIG)
+    except ValueError as exc:  # the store refused the URL
+        return _error(f"store.url: {exc}", EXIT_BAD_CONFIG)
+    except Exception as exc:  # database and OS errors: one line, exit 1
         return _error(exc, EXIT_FAILED)
-    print(json.dumps({"store": str(path), "dry_run": args.dry_run, "migrations": applied}))
+    # The URL holds no password (the configuration refuses one), so it may be printed.
+    shown = str(path) if path is not None else config.store.url
+    print(json.dumps({"store": shown, "dry_run": args.dry_run, "migrations": applied}))
     return 0
 
 
@@ -122,7 +147,7 @@ async def _verify(config: GatewayConfig) -> dict[str, int]:
     passphrase = config.keys.passphrase.reveal().encode() if config.keys.passphrase else None
     key = load_ed25519_key(config.keys.sign_key, KeyUse.SIGN, passphrase)
     signer = GatewaySigner(key, config.gateway.origin)
-    store = SqliteStore(sqlite_path(config), signer, audit_leaf_hash)
+    store = make_store(config, signer)
     await store.open()
     try:
         leaves = await store.audit_leaves()
@@ -146,6 +171,8 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         return _error(exc, EXIT_BAD_CONFIG)
     try:
         result = asyncio.run(_verify(config))
+    except ConfigError as exc:
+        return _error(exc, EXIT_BAD_CONFIG)
     except (AuditVerifyError, KeysError, StoreError) as exc:
         return _error(exc, EXIT_FAILED)
     print(json.dumps({"ok": True, **result}))

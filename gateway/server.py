@@ -3,8 +3,21 @@
 Rules kept here:
 
 * ``build_runtime`` turns a ``GatewayConfig`` into the runtime objects (signing key, signer,
-  verified directory, SQLite store, metrics, relay); nothing is global, the clock is injected.
+  verified directory, store, metrics, relay); nothing is global, the clock is injected.
   Everything wrong with the files is raised before a socket is opened.
+* The store is chosen by ``store.url`` (``make_store``): ``sqlite://`` is the embedded
+  ``SqliteStore`` of one process; ``postgresql://USER@HOST:PORT/DB`` is ``PostgresStore``
+  (the ``postgres`` extra), shared by any number of replicas. Its password comes only from
+  ``store.password`` (``KETENPOST_STORE__PASSWORD_FILE``), never from the URL or a command
+  line. A deployment (or a test run) that lives in a schema of its own names it in the URL:
+  ``postgresql://ketenpost@db/ketenpost?search_path=ijmond`` (asyncpg sends query parameters
+  it does not know as server settings).
+* With PostgreSQL the rate limit holds per partner across replicas (docs/adr/0005): the
+  relay's limiter is a ``SharedRateLimiter`` and ``RateExchange`` tells the other replicas
+  every ``RATE_EXCHANGE_S`` what this one admitted, over the store's peer channel.
+* A store outage does not stop the process: ``/readyz`` answers 503 while the store cannot be
+  reached, submissions are refused with ``store_unavailable`` (transient), and the store
+  reconnects by itself (the pool replaces dead connections, the listener reconnects).
 * The directory is verified with TUF's rules from the configured trusted root and re-read from
   the bundle folder every ``directory.refresh_s``; a bundle that fails to verify leaves the
   last good one in place (and, once that expires, the relay refuses with
@@ -19,11 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from aiohttp import web
 
@@ -32,8 +48,10 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayMetrics
-from gateway.relay import Relay, audit_leaf_hash
+from gateway.ratelimit import SharedRateLimiter
+from gateway.relay import Relay, RelayStore, audit_leaf_hash
 from gateway.signer import GatewaySigner
+from gateway.store.errors import StoreError
 from gateway.store.sqlite import SqliteStore
 from keys import Directory, DirectoryError, KeysError, KeyUse
 from keys.keyfile import load_ed25519_key
@@ -46,6 +64,12 @@ VERSION: Final = "0.1.0.dev0"
 # How long in-flight requests may take to finish after SIGTERM (a long-poll returns sooner:
 # its wait is bounded by limits.max_wait_s and the connection is closed).
 SHUTDOWN_TIMEOUT_S: Final = 10.0
+# How often a replica tells the others what it admitted per partner: the longest a peer's
+# admissions go unseen by this replica's rate limit.
+RATE_EXCHANGE_S: Final = 0.1
+# Partners per peer message: a partner id is at most 64 characters, so 80 of them with their
+# counts stay under PostgreSQL's 8,000-byte NOTIFY payload limit.
+_PARTNERS_PER_MESSAGE: Final = 80
 
 
 class TrustedDirectorySource:
@@ -74,18 +98,112 @@ class TrustedDirectorySource:
         return self._last
 
 
+class PeerChannel(Protocol):
+    """What ``RateExchange`` needs of a store shared by replicas (``PostgresStore``)."""
+
+    peer_listener: Callable[[str], None] | None
+
+    async def tell_peers(self, payload: str) -> None: ...
+
+
+class RateExchange:
+    """Shares a ``SharedRateLimiter``'s admissions with the other replicas of one store.
+
+    A message is ``{"replica": ID, "taken": {PARTNER: COUNT}}``; a replica ignores its own
+    (NOTIFY reaches the sender's listener too). A message that cannot be sent is kept and sent
+    with the next one; one lost in a listener's reconnect lets a partner overshoot once, by
+    at most what one interval admitted (the limit protects capacity; it is not a security
+    boundary).
+    """
+
+    def __init__(
+        self, limiter: SharedRateLimiter, peers: PeerChannel, monotonic: Callable[[], float]
+    ) -> None:
+        self.limiter = limiter
+        self.peers = peers
+        self.monotonic = monotonic
+        self.replica = secrets.token_hex(8)
+        # Set whenever a peer's admissions were taken off this replica's buckets (for tests).
+        self.debited = asyncio.Event()
+        peers.peer_listener = self.receive
+
+    async def send(self) -> None:
+        """Tell the peers what was admitted since the last send. Raises ``StoreError`` (what
+        was not sent is kept for the next send)."""
+        items = sorted(self.limiter.drain().items())
+        for start in range(0, len(items), _PARTNERS_PER_MESSAGE):
+            chunk = dict(items[start : start + _PARTNERS_PER_MESSAGE])
+            payload = json.dumps({"replica": self.replica, "taken": chunk}, separators=(",", ":"))
+            try:
+                await self.peers.tell_peers(payload)
+            except StoreError:
+                self.limiter.restore(dict(items[start:]))
+                raise
+
+    def receive(self, payload: str) -> None:
+        """Debit a peer's admissions (called by the store's listener)."""
+        try:
+            message = json.loads(payload)
+            replica, taken = message["replica"], message["taken"]
+        except (ValueError, KeyError, TypeError):
+            taken = None
+        if not isinstance(taken, dict):
+            logger.warning("rate_exchange_malformed")
+            return
+        if replica == self.replica:
+            return
+        now = self.monotonic()
+        for partner, count in taken.items():
+            if isinstance(count, int):
+                self.limiter.debit(str(partner), count, now)
+        self.debited.set()
+
+    async def run(self, interval_s: float = RATE_EXCHANGE_S) -> None:
+        """Send every ``interval_s`` until cancelled; a store outage only delays sending."""
+        while True:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(StoreError):
+                await self.send()
+
+
 @dataclass
 class Built:
     runtime: Runtime
     directories: TrustedDirectorySource
     config: GatewayConfig
+    # Set for a store shared by replicas (PostgreSQL); ``serve`` runs it.
+    rate_exchange: RateExchange | None = None
 
 
 def sqlite_path(config: GatewayConfig) -> Path:
+    """The SQLite database file; ``ConfigError`` for another kind of store."""
     path = config.store.sqlite_path
     if path is None:
-        raise ConfigError("store.url", "only sqlite:// stores are implemented in this version")
+        raise ConfigError("store.url", "not a sqlite:// store")
     return path
+
+
+def make_store(config: GatewayConfig, signer: GatewaySigner) -> RelayStore:
+    """The store ``store.url`` names, not yet opened. Raises ``ConfigError`` for a URL the
+    store refuses, or for PostgreSQL without the ``postgres`` extra installed."""
+    max_batch = max(config.limits.max_batch, 256)
+    path = config.store.sqlite_path
+    if path is not None:
+        return SqliteStore(path, signer, audit_leaf_hash, max_batch=max_batch)
+    try:
+        # Imported here: asyncpg is the optional ``postgres`` extra.
+        from gateway.store.postgres import PostgresStore  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError(
+            "store.url", "a postgresql:// store needs the postgres extra (asyncpg)"
+        ) from None
+    password = config.store.password.reveal() if config.store.password is not None else None
+    try:
+        return PostgresStore(
+            config.store.url, signer, audit_leaf_hash, password=password, max_batch=max_batch
+        )
+    except ValueError as exc:
+        raise ConfigError("store.url", str(exc)) from None
 
 
 def build_runtime(
@@ -100,9 +218,7 @@ def build_runtime(
     directories = TrustedDirectorySource(
         config.directory.trusted_root, config.directory.bundle, clock.now()
     )
-    store = SqliteStore(
-        sqlite_path(config), signer, audit_leaf_hash, max_batch=max(config.limits.max_batch, 256)
-    )
+    store = make_store(config, signer)
     metrics = metrics if metrics is not None else GatewayMetrics(version=VERSION)
     relay = Relay(
         store=store,
@@ -111,6 +227,12 @@ def build_runtime(
         metrics=metrics,
         clock=clock,
     )
+    exchange = None
+    if config.store.sqlite_path is None:
+        # Replicas share one store: the rate limit is the partner's across all of them.
+        limiter = SharedRateLimiter(config.limits.rate_per_s, config.limits.rate_burst)
+        relay.rate = limiter
+        exchange = RateExchange(limiter, _peer_channel(store), clock.monotonic)
     runtime = Runtime(
         relay=relay,
         signer=signer,
@@ -118,7 +240,14 @@ def build_runtime(
         bundle_dir=config.directory.bundle,
         sweep_interval_s=float(min(config.directory.refresh_s, 10)),
     )
-    return Built(runtime, directories, config)
+    return Built(runtime, directories, config, exchange)
+
+
+def _peer_channel(store: RelayStore) -> PeerChannel:
+    from gateway.store.postgres import PostgresStore  # noqa: PLC0415
+
+    assert isinstance(store, PostgresStore)
+    return store
 
 
 def tls_files(config: GatewayConfig) -> TlsFiles:
@@ -167,13 +296,16 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    refresher = asyncio.create_task(_refresh_directory(built))
+    tasks = [asyncio.create_task(_refresh_directory(built))]
+    if built.rate_exchange is not None:
+        tasks.append(asyncio.create_task(built.rate_exchange.run()))
     try:
         await stop.wait()
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         logger.info("gateway_stopping")
         # Partner listener first: stop accepting, finish in-flight, then cleanup_ctx closes
         # the store.
@@ -181,4 +313,12 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
         await operator.cleanup()
 
 
-__all__ = ["Built", "KeysError", "TrustedDirectorySource", "build_runtime", "serve"]
+__all__ = [
+    "Built",
+    "KeysError",
+    "RateExchange",
+    "TrustedDirectorySource",
+    "build_runtime",
+    "make_store",
+    "serve",
+]

@@ -7,6 +7,16 @@ Rules kept here:
   store whose schema is older than it needs (``StoreError`` naming the missing version) and
   serves on a newer one (expand/contract: a new version only adds tables, columns with defaults
   and indexes; a later *contract* migration drops what no running version reads any more).
+* The expand/contract rule, so that version N and N+1 replicas share one database during a
+  rolling upgrade: an *expand* migration only adds (tables, nullable columns or columns with a
+  default, indexes — on PostgreSQL ``CREATE INDEX CONCURRENTLY`` needs a migration of its own,
+  outside a transaction); it never renames, drops, narrows a type or adds a constraint that
+  rows written by the old version could break. Code never depends on column order
+  (``SELECT *``, ``INSERT`` without a column list). A column the new version needs filled is
+  back-filled by the new version, and made ``NOT NULL`` only by a later *contract* migration,
+  released once no replica of the old version runs. Order of a rollout: ``store migrate`` with
+  the new version, then replace replicas one by one; old replicas keep serving throughout
+  (``tests/gateway/test_replicas.py`` runs exactly this).
 * Each backend has its own SQL for the same version; the numbers are shared. A migration is
   written so that it can run inside one transaction (PostgreSQL runs each in its own, under an
   advisory lock, so two ``migrate`` runs at once apply it once).

@@ -35,9 +35,16 @@ Rules kept here (on top of those in ``gateway.store.base``), and why they hold a
   one listening connection, reconnected with backoff, feeding ``Notifier``; a waiter never waits
   longer than ``fallback_poll_s`` at a time, so a notification missed during a reconnect costs
   latency, never a message.
+* **Peers.** ``tell_peers`` sends a short text to every replica on the schema (this one too) on
+  a second channel, received by ``peer_listener``; the gateway shares its rate-limit takes
+  this way (``gateway.ratelimit.SharedRateLimiter``). Like every notification it is best
+  effort: one sent while a listener reconnects is lost.
 * **Failures.** A lost connection or a restarted server raises ``StoreUnavailableError``; the
   pool replaces closed connections by itself. The password comes from the configuration
-  (``store.password`` / ``KETENPOST_STORE__PASSWORD_FILE``), never from the URL.
+  (``store.password`` / ``KETENPOST_STORE__PASSWORD_FILE``), never from the URL (neither in
+  its user part nor as a ``?password=`` parameter). Other query parameters asyncpg does not
+  know are sent as server settings: ``?search_path=SCHEMA`` puts a deployment (or a test run)
+  in a schema of its own, ``?application_name=NAME`` names its connections.
 * **Migrations** run as their own step (``PostgresStore.migrate``): each in its own transaction
   under ``pg_advisory_xact_lock`` (keyed by schema), so two runs at once apply each version once.
   ``open`` refuses a schema older than ``LATEST_VERSION`` and serves on a newer one.
@@ -578,7 +585,7 @@ def _check_url(url: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError("a PostgreSQL store URL starts with postgresql://")
-    if parts.password is not None:
+    if parts.password is not None or "password" in urllib.parse.parse_qs(parts.query):
         raise ValueError("the store URL must not contain a password; set store.password")
 
 
@@ -618,8 +625,11 @@ class PostgresStore:
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._channel = ""
+        self._peer_channel = ""
         self._parties: set[str] = set()
         self.notifier = Notifier()
+        # Called (in the event loop) with each ``tell_peers`` payload of any replica.
+        self.peer_listener: Callable[[str], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -736,6 +746,7 @@ class PostgresStore:
             )
         # One channel per schema: replicas of one deployment share it, test runs do not.
         self._channel = f"ketenpost.{schema}"[:63]
+        self._peer_channel = f"ketenpost-peers.{schema}"[:63]
         self._pool = pool
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._run(), name="ketenpost-pg-writer")
@@ -758,6 +769,12 @@ class PostgresStore:
     async def ping(self) -> None:
         await self._direct(lambda conn: conn.fetchval("SELECT 1"))
 
+    async def tell_peers(self, payload: str) -> None:
+        """Send ``payload`` (text, under 8,000 bytes) to the ``peer_listener`` of every replica
+        listening on this schema, this one included. Raises ``StoreUnavailableError``."""
+        channel = self._peer_channel
+        await self._direct(lambda conn: conn.execute("SELECT pg_notify($1, $2)", channel, payload))
+
     async def wait_listening(self, timeout_s: float) -> None:
         """Return once the listener is connected (for tests and readiness), or after the
         timeout."""
@@ -769,6 +786,10 @@ class PostgresStore:
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if isinstance(payload, str):
             self.notifier.notify((payload,))
+
+    def _on_peer(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if isinstance(payload, str) and self.peer_listener is not None:
+            self.peer_listener(payload)
 
     async def _listen(self) -> None:
         """Keep one LISTEN connection, reconnecting with backoff; on every (re)connect wake all
@@ -799,6 +820,7 @@ class PostgresStore:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(self._channel, self._on_notify)
+        await conn.add_listener(self._peer_channel, self._on_peer)
         self._listening.set()
         self.notifier.notify(set(self._parties))
         while not lost.is_set():
