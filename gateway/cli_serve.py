@@ -83,7 +83,9 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> GatewayConfig:
-    config = load_config(args.config, environ=os.environ)
+    # The rules between keys run once the flags are applied: ``--store postgresql://…`` with a
+    # password in the environment is valid even when the file names a SQLite store.
+    config = load_config(args.config, environ=os.environ, check_across=False)
     return apply_cli_overrides(
         config,
         listen=getattr(args, "listen", None),

@@ -575,11 +575,15 @@ def env_name(section: str, key: str) -> str:
 # --- loading -------------------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str]) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str], check_across: bool = True
+) -> GatewayConfig:
     """Read, parse and validate the TOML file at ``path``, with overrides from ``environ``.
 
     Pass ``os.environ`` from the command line, a plain dict in tests. Raises ``ConfigError``
     (one line naming the key and the problem); never returns a partial configuration.
+    ``check_across=False`` leaves the rules between keys to ``apply_cli_overrides``, so a
+    command-line flag (``--store``) can settle them.
     """
     file = Path(os.path.abspath(path))
     try:
@@ -600,7 +604,9 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str]) -> 
         raise ConfigError(
             str(file), f"invalid TOML: {exc}", GatewayReason.CONFIG_UNREADABLE
         ) from None
-    return parse_config(document, base_dir=file.parent, environ=environ, source=file)
+    return parse_config(
+        document, base_dir=file.parent, environ=environ, source=file, check_across=check_across
+    )
 
 
 def parse_config(
@@ -609,6 +615,7 @@ def parse_config(
     base_dir: Path,
     environ: Mapping[str, str],
     source: Path | None = None,
+    check_across: bool = True,
 ) -> GatewayConfig:
     """Build the configuration from an already-parsed TOML document (what ``load_config`` does
     after reading the file). ``base_dir`` anchors relative paths. Raises ``ConfigError``."""
@@ -634,7 +641,8 @@ def parse_config(
         log=section("log", LogSettings),
         source=source,
     )
-    _check_across(config)
+    if check_across:
+        _check_across(config)
     return config
 
 

@@ -943,3 +943,38 @@ def test_config_needs_a_verb_and_a_file(capsys: pytest.CaptureFixture[str]) -> N
             run(argv)
         assert caught.value.code == 2
     assert "--config" in capsys.readouterr().err
+
+
+def test_store_flag_settles_the_password_rule(tmp_path: Path) -> None:
+    # The file names a SQLite store, the environment a password: only ``--store`` makes it valid.
+    path = tmp_path / "gateway.toml"
+    write_default_config(
+        path,
+        tls_cert=str(_touch(tmp_path / "c.pem")),
+        tls_key=str(_touch(tmp_path / "k.pem")),
+        trust_anchors=[str(_touch(tmp_path / "ca.pem"))],
+        sign_key=str(_touch(tmp_path / "s.key")),
+        directory_bundle=str(_mkdir(tmp_path / "dir")),
+        trusted_root=str(_touch(tmp_path / "dir" / "root.json")),
+    )
+    environ = {"KETENPOST_STORE__PASSWORD": "s3cret"}
+    with pytest.raises(ConfigError, match=r"^store\.password: "):
+        load_config(path, environ=environ)
+    lenient = load_config(path, environ=environ, check_across=False)
+    config = apply_cli_overrides(
+        lenient, store="postgresql://ketenpost@127.0.0.1/test", cwd=tmp_path
+    )
+    assert config.store.sqlite_path is None
+    with pytest.raises(ConfigError, match=r"^store\.password: "):
+        apply_cli_overrides(lenient, cwd=tmp_path)
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
