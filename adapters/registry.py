@@ -27,6 +27,8 @@ TransportFactory = Callable[[AdapterConfig, Clock], Transport]
 # name → "module:function" of a ``TransportFactory``. Partner adapters add themselves here.
 BUILTIN_TRANSPORTS: Final[Mapping[str, str]] = MappingProxyType(
     {
+        "police-rest": "adapters.partners.police:create_transport",
+        "cjg-rest": "adapters.partners.cjg:create_transport",
         "om-xml": "adapters.partners.om:create_transport",
         "halt-csv": "adapters.partners.halt:create_transport",
         "welfare-sql": "adapters.partners.welfare:create_transport",
