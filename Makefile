@@ -22,12 +22,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# Until the relay and the adapters exist, the demo makes a complete development deployment in a
-# temporary folder and shows what it made.
+# The covenant scenario: a fresh deployment, the gateway, every fake partner system and every
+# adapter; it keeps serving (and prints the /metrics URL) until Ctrl-C.
 demo: $(STAMP)
-	@d=$$(mktemp -d) && $(BIN)/ketenpost init "$$d/covenant" && cat "$$d/covenant/README.txt" \
-	  && $(BIN)/ketenpost config check --config "$$d/covenant/gateway.toml" \
-	  && $(BIN)/ketenpost schema example signal
+	$(BIN)/ketenpost demo
 
 bench: $(STAMP)
 	$(BIN)/ketenpost bench --out bench-results.json

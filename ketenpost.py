@@ -8,6 +8,8 @@ package, and maps errors to ``ketenpost: error: …`` and an exit code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import sys
 import time
@@ -15,8 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adapters import cli as adapter_cli
-from adapters import cli_partner
+from adapters import cli_demo, cli_partner
 from adapters.config import ADAPTER_TOML, render_adapter_toml
+from adapters.registry import default_system_toml, write_development_secrets
 from gateway import cli_bench, cli_config, cli_schema, cli_serve
 from gateway.config import write_default_config
 from gateway.protocol.policy import default_policy, encode_policy
@@ -33,8 +36,9 @@ def init_deployment(target: Path, *, now: int, gateway_url: str = "") -> Deploym
     """Create a complete development deployment of the IJmond covenant in ``target``.
 
     Keys, certificates and the signed directory come from ``keys``; the default covenant
-    policy and ``gateway.toml`` from ``gateway``; each partner's ``adapter.toml`` from
-    ``adapters``.
+    policy and ``gateway.toml`` from ``gateway``; each partner's ``adapter.toml`` (with the
+    ``[system]`` table of its role's partner system) and the secrets its partner system shares
+    with the adapter from ``adapters``. The returned layout lists those secrets too.
     """
     layout = create_deployment(target, policy=encode_policy(default_policy()), now=now)
     write_default_config(
@@ -49,9 +53,18 @@ def init_deployment(target: Path, *, now: int, gateway_url: str = "") -> Deploym
     url = gateway_url or "https://127.0.0.1:8443"
     for partner in layout.partners:
         (partner.folder / ADAPTER_TOML).write_text(
-            render_adapter_toml(partner.id, gateway_url=url, coordinator=partner.coordinator),
+            render_adapter_toml(
+                partner.id,
+                gateway_url=url,
+                coordinator=partner.coordinator,
+                system=default_system_toml(partner.role) if partner.role else "",
+            ),
             encoding="utf-8",
         )
+    system_secrets = write_development_secrets(
+        [(p.role, p.folder) for p in layout.partners if p.role is not None]
+    )
+    layout = dataclasses.replace(layout, secrets=(*layout.secrets, *system_secrets))
     (target / "README.txt").write_text(_readme(layout), encoding="utf-8")
     return layout
 
@@ -75,8 +88,16 @@ def _readme(layout: DeploymentLayout) -> str:
         "  key-authority/      the timestamp key\n\n"
         "One self-contained folder per partner (deploy a partner by copying its folder):\n"
         f"{partners}\n\n"
-        "Secret files (mode 0600, in 0700 folders):\n"
-        f"{secrets}\n"
+        "Each adapter.toml has a [system] table for its partner system's development fake\n"
+        "(adapters/testing/): ZGW APIs for the municipalities, REST for the police and the CJG,\n"
+        "XML and CSV drop folders for the OM and Halt, SQL tables for welfare.\n"
+        "The four municipalities share the fake ZGW's development client credentials: one\n"
+        "client_id and the same secret in every partners/gemeente-*/zgw.secret. In production\n"
+        "each municipality's own zaaksysteem issues its own.\n\n"
+        "Secret files (mode 0600; key folders 0700):\n"
+        f"{secrets}\n\n"
+        "See it all run: `ketenpost demo` (or `make demo`) plays the covenant's scenario in a\n"
+        "fresh deployment of its own.\n"
     )
 
 
@@ -126,6 +147,7 @@ REGISTRARS: tuple[Register, ...] = (
     cli_bench.register,
     cli_partner.register,
     adapter_cli.register,
+    functools.partial(cli_demo.register, init=init_deployment),
 )
 
 

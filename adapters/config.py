@@ -93,9 +93,17 @@ def load_partner_dir(partner_dir: Path) -> AdapterConfig:
     return load_adapter_config(partner_dir / ADAPTER_TOML)
 
 
-def render_adapter_toml(partner_id: str, *, gateway_url: str, coordinator: bool) -> str:
-    """The ``adapter.toml`` that ``ketenpost init`` writes into a partner folder."""
+def render_adapter_toml(
+    partner_id: str, *, gateway_url: str, coordinator: bool, system: str = ""
+) -> str:
+    """The ``adapter.toml`` that ``ketenpost init`` writes into a partner folder.
+
+    ``system`` is the ``[system]`` table of the partner's transport as TOML text (for a
+    development deployment ``adapters.registry.default_system_toml(role)``); it is appended
+    as given, after the sections the SDK owns. Empty: no ``[system]`` table.
+    """
     token_line = 'token = "keys/token.key"\n' if coordinator else ""
+    system_part = "\n" + system.strip() + "\n" if system.strip() else ""
     return (
         f"# Ketenpost adapter of {partner_id}. Paths are relative to this folder.\n"
         "[partner]\n"
@@ -116,4 +124,5 @@ def render_adapter_toml(partner_id: str, *, gateway_url: str, coordinator: bool)
         'trusted_root = "directory/root.json"\n\n'
         "[store]\n"
         'path = "adapter.db"\n'
+        f"{system_part}"
     )

@@ -8,19 +8,31 @@ Rules kept here:
 * No module-level mutable state: ``default_registry()`` builds a fresh registry each call with
   the transports that ship with Ketenpost; tests and embedders build their own.
 * Partner transports are added to ``BUILTIN_TRANSPORTS`` as ``name → "module:function"`` so
-  importing the registry does not import every partner system's dependencies.
+  importing the registry does not import every partner system's dependencies. A partner
+  module also holds ``DEFAULT_SYSTEM_TOML``, the ``[system]`` table of a development
+  deployment; ``default_system_toml(role)`` finds it through ``ROLE_TRANSPORTS``.
+* Development secrets (``write_development_secrets``): the secret files a partner system and
+  its adapter share (``DEVELOPMENT_SECRET_KEYS``) are random, 0600, never overwritten, and the
+  **same** for every partner of one transport: in a development deployment the four
+  municipalities talk to one fake zaaksysteem with one set of client credentials. Production
+  credentials come from each partner system's own administrator.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import secrets
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
 from adapters.base import Clock, Transport
 from adapters.config import AdapterConfig
 from adapters.errors import AdapterConfigError
+from keys import Role
+from keys.keyfile import create_file_exclusive
 
 TransportFactory = Callable[[AdapterConfig, Clock], Transport]
 
@@ -35,6 +47,76 @@ BUILTIN_TRANSPORTS: Final[Mapping[str, str]] = MappingProxyType(
         "zgw": "adapters.partners.zgw:create_transport",
     }
 )
+
+
+# The partner system each covenant role runs, as the IJmond covenant's partners do.
+ROLE_TRANSPORTS: Final[Mapping[Role, str]] = MappingProxyType(
+    {
+        Role.MUNICIPALITY: "zgw",
+        Role.POLICE: "police-rest",
+        Role.PROSECUTION: "om-xml",
+        Role.HALT: "halt-csv",
+        Role.YOUTH_CARE: "cjg-rest",
+        Role.WELFARE: "welfare-sql",
+    }
+)
+
+# transport → the ``[system]`` key naming a secret file the partner system and the adapter share.
+DEVELOPMENT_SECRET_KEYS: Final[Mapping[str, str]] = MappingProxyType(
+    {"zgw": "secret_file", "cjg-rest": "api_token_file"}
+)
+# 48 random bytes, URL-safe: 64 characters, above the ZGW JWT secret's 32-byte minimum.
+DEVELOPMENT_SECRET_BYTES: Final = 48
+PRIVATE_DIR_MODE: Final = 0o700
+
+
+def transport_for(role: Role) -> str:
+    """The transport name of ``role``'s partner system."""
+    return ROLE_TRANSPORTS[role]
+
+
+def default_system_toml(role: Role) -> str:
+    """The ``[system]`` table (TOML text) of ``role``'s transport for a development deployment:
+    the partner module's ``DEFAULT_SYSTEM_TOML``."""
+    target = BUILTIN_TRANSPORTS[transport_for(role)]
+    module = importlib.import_module(target.partition(":")[0])
+    text: str = module.DEFAULT_SYSTEM_TOML
+    return text
+
+
+def development_secret_file(role: Role) -> str | None:
+    """The secret file (relative to the partner folder) ``role``'s development ``[system]``
+    table names, or ``None`` when the transport has none."""
+    key = DEVELOPMENT_SECRET_KEYS.get(transport_for(role))
+    if key is None:
+        return None
+    value = tomllib.loads(default_system_toml(role))["system"].get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def write_development_secrets(partners: Sequence[tuple[Role, Path]]) -> list[Path]:
+    """Write the development secret file of every ``(role, partner folder)`` that needs one.
+
+    One random secret per transport, shared by every partner of that transport (see the
+    module docstring). Files are 0600, folders this creates 0700; an existing file raises
+    ``KeyFileError`` (``key_file_exists``) and is left alone. Returns the paths written.
+    """
+    shared: dict[str, bytes] = {}
+    written: list[Path] = []
+    for role, folder in partners:
+        relative = development_secret_file(role)
+        if relative is None:
+            continue
+        secret = shared.setdefault(
+            transport_for(role), secrets.token_urlsafe(DEVELOPMENT_SECRET_BYTES).encode()
+        )
+        path = folder / relative
+        if path.parent != folder:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(PRIVATE_DIR_MODE)
+        create_file_exclusive(path, secret + b"\n", 0o600)
+        written.append(path)
+    return written
 
 
 class TransportRegistry:

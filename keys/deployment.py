@@ -83,6 +83,8 @@ class PartnerLayout:
     id: str
     folder: Path
     coordinator: bool
+    # The role the directory gives the partner (``None`` only for layouts made by hand).
+    role: Role | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ def create_deployment(
         trust = folder / "trust"
         trust.mkdir(parents=True)
         shutil.copyfile(ca_cert, trust / "ca.crt")
-        layouts.append(PartnerLayout(spec.id, folder, spec.coordinator))
+        layouts.append(PartnerLayout(spec.id, folder, spec.coordinator, spec.role))
 
     contents = DirectoryContents(
         covenant=covenant,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import stat
 import time
@@ -11,7 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import ketenpost
+from adapters.base import SystemClock, Transport
 from adapters.config import load_partner_dir
+from adapters.registry import ROLE_TRANSPORTS, default_registry
 from gateway.config import load_config
 from gateway.protocol.policy import default_policy, policy_hash
 from keys import KeyUse, Role
@@ -102,3 +105,34 @@ def test_every_partner_folder_is_self_contained(
     anchors = [read_certificate_pem(config.path(a)) for a in config.tls.trust_anchors]
     verify_chain(cert, anchors, NOW)
     assert identify_peer(cert.public_bytes(Encoding.DER), directory, NOW).id == partner_id
+
+
+@pytest.mark.parametrize("spec", IJMOND_PARTNERS, ids=lambda s: s.id)
+def test_every_adapter_toml_builds_its_transport_through_the_registry(
+    deployment: Path, tmp_path: Path, spec: PartnerSpec
+) -> None:
+    # The folder alone, somewhere else: the [system] table and its prepared files come with it.
+    folder = tmp_path / spec.id
+    shutil.copytree(deployment / "partners" / spec.id, folder)
+    config = load_partner_dir(folder)
+    assert config.system["transport"] == ROLE_TRANSPORTS[spec.role]
+    transport = default_registry().create(config, SystemClock())
+    assert isinstance(transport, Transport)
+    asyncio.run(transport.source.close())
+
+
+def test_system_secrets_are_0600_and_the_municipalities_share_the_zgw_credentials(
+    deployment: Path,
+) -> None:
+    municipalities = [s.id for s in IJMOND_PARTNERS if s.role is Role.MUNICIPALITY]
+    secrets = [deployment / "partners" / m / "zgw.secret" for m in municipalities]
+    token = deployment / "partners" / "cjg" / "secrets" / "cjg-api-token"
+    for path in (*secrets, token):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert len(path.read_bytes().strip()) >= 32, path
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    assert len({p.read_bytes() for p in secrets}) == 1
+    readme = (deployment / "README.txt").read_text(encoding="utf-8")
+    assert "share the fake ZGW's development client credentials" in readme
+    assert "partners/cjg/secrets/cjg-api-token" in readme
+    assert "partners/gemeente-velsen/zgw.secret" in readme

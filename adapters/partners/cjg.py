@@ -31,13 +31,15 @@ Rules kept here:
   with the CJG's reason. An ``approach-notice`` is answered with ``koppelingen`` (pseudonym →
   client number): the CJG system matches its clients by BSN, or by name and date of birth.
 * Refusals of the CJG's events go to ``POST /refusals``, idempotent by the same kind of key.
+  (The HTTP plumbing and the status-code rules are shared with the police adapter:
+  ``adapters/partners/_rest.py``; unlike the police adapter, this one also polls with ``GET``
+  and re-reads its token after a ``401``.)
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -52,8 +54,6 @@ import yarl
 from adapters.base import (
     Applied,
     Clock,
-    DestinationRejectedError,
-    DestinationUnavailableError,
     InboundMessage,
     MalformedRecordError,
     MappingContext,
@@ -65,7 +65,16 @@ from adapters.base import (
     Transport,
 )
 from adapters.config import AdapterConfig
-from adapters.errors import AdapterConfigError, AdapterError
+from adapters.errors import AdapterError
+from adapters.partners._rest import (
+    JsonHttp,
+    check_answer,
+    check_refusal_answer,
+    couplings,
+    envelope,
+    refusal_key,
+)
+from adapters.partners._settings import check_keys, config_error, http_url
 from gateway.protocol.messages import (
     ApproachNotice,
     CaseConference,
@@ -73,7 +82,6 @@ from gateway.protocol.messages import (
     Progress,
     ProgressStatus,
 )
-from gateway.protocol.reasons import RejectionReason
 
 logger = logging.getLogger("adapters.partners.cjg")
 
@@ -116,7 +124,6 @@ _REJECTED_KEY: Final = "afgewezen"
 _EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 _PARTNER_ID = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 _TOKEN_ID = re.compile(r"^[0-9a-f]{32}$")
-_TRANSIENT_4XX: Final = frozenset({401, 403, 404, 405, 408, 425, 429})
 
 # The CJG's progress statuses → the covenant's.
 STATUSES: Final[Mapping[str, ProgressStatus]] = {
@@ -145,10 +152,6 @@ class CjgSettings:
     max_event_bytes: int = 262_144
 
 
-def _bad(config: AdapterConfig, key: str, why: str) -> AdapterConfigError:
-    return AdapterConfigError(f"{config.base}/adapter.toml: [system] {key}: {why}")
-
-
 def _number(
     config: AdapterConfig, key: str, default: float, *, minimum: float, integer: bool = False
 ) -> float:
@@ -156,7 +159,7 @@ def _number(
     wrong_kind = isinstance(value, bool) or (integer and not isinstance(value, int))
     if wrong_kind or not isinstance(value, int | float) or value < minimum:
         kind = "an integer" if integer else "a number"
-        raise _bad(config, key, f"{value!r} is not {kind} of at least {minimum:g}")
+        raise config_error(config, key, f"{value!r} is not {kind} of at least {minimum:g}")
     return float(value)
 
 
@@ -174,25 +177,16 @@ def read_token(path: Path) -> str:
 def parse_settings(config: AdapterConfig) -> CjgSettings:
     """Validate ``[system]``; ``AdapterConfigError`` with one line naming the bad key."""
     system = config.system
-    unknown = sorted(set(system) - _KEYS)
-    if unknown:
-        raise _bad(config, unknown[0], "unknown key")
-    if system.get("transport") != TRANSPORT:
-        raise _bad(config, "transport", f'must be "{TRANSPORT}"')
-    base_url = system.get("base_url")
-    if not isinstance(base_url, str) or not base_url:
-        raise _bad(config, "base_url", "is missing (an http(s) URL)")
-    url = yarl.URL(base_url)
-    if url.scheme not in ("http", "https") or not url.host or url.query_string:
-        raise _bad(config, "base_url", f"{base_url!r} is not an http(s) URL without a query")
+    check_keys(config, _KEYS, TRANSPORT)
+    base_url = http_url(config, "base_url", system.get("base_url"), query=False)
     token_file = system.get("api_token_file")
     if not isinstance(token_file, str) or not token_file:
-        raise _bad(config, "api_token_file", "is missing (a file holding the bearer token)")
+        raise config_error(config, "api_token_file", "is missing (a file holding the bearer token)")
     path = config.path(token_file)
     try:
         read_token(path)
     except AdapterError as exc:
-        raise _bad(config, "api_token_file", str(exc)) from None
+        raise config_error(config, "api_token_file", str(exc)) from None
     return CjgSettings(
         base_url=base_url.rstrip("/"),
         api_token_file=path,
@@ -369,23 +363,13 @@ class CjgApi:
 
     def __init__(self, settings: CjgSettings) -> None:
         self.settings = settings
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout_s, connect=settings.connect_timeout_s
+        self._http = JsonHttp(
+            "CJG system", timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s
         )
         self._token = read_token(settings.api_token_file)
-        self._session: aiohttp.ClientSession | None = None
 
-    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self._token}",
-            "Accept": "application/json",
-            **(extra or {}),
-        }
-
-    def _session_(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
 
     def _unauthorised(self) -> None:
         # The token may have been rotated: read the file again for the next call.
@@ -394,10 +378,12 @@ class CjgApi:
         except AdapterError as exc:
             logger.error("cjg_token_unreadable", extra={"detail": str(exc)})  # noqa: TRY400
 
+    @property
+    def system(self) -> str:
+        return self._http.system
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     async def events(self, cursor: str | None) -> _Page:
         """One page of the feed after ``cursor``; ``AdapterError`` when it cannot be read."""
@@ -406,7 +392,7 @@ class CjgApi:
             query["since"] = cursor
         url = yarl.URL(f"{self.settings.base_url}/events").with_query(query)
         try:
-            async with self._session_().get(url, headers=self._headers()) as response:
+            async with self._http.session().get(url, headers=self._headers()) as response:
                 if response.status == 401:
                     self._unauthorised()
                 if response.status != 200:
@@ -429,44 +415,10 @@ class CjgApi:
         """POST JSON; (status, decoded answer or ``None``). Connection failures and timeouts
         raise ``DestinationUnavailableError``."""
         url = f"{self.settings.base_url}{path}"
-        headers = self._headers({"Idempotency-Key": key})
-        try:
-            async with self._session_().post(url, json=document, headers=headers) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise DestinationUnavailableError(
-                f"CJG system unreachable: {type(exc).__name__}: {exc}"
-            ) from None
+        status, answer = await self._http.post(url, document, key, self._headers())
         if status == 401:
             self._unauthorised()
-        try:
-            answer = json.loads(raw) if raw else None
-        except ValueError:
-            answer = None
         return status, answer
-
-
-def _reason_text(answer: object) -> str:
-    if isinstance(answer, dict):
-        return ": ".join(str(answer[k]) for k in ("reden", "toelichting") if answer.get(k))[:500]
-    return ""
-
-
-def _check_answer(status: int, answer: object, what: str) -> None:
-    if 200 <= status < 300:
-        return
-    detail = f"CJG system answered {status} to {what}"
-    if reason := _reason_text(answer):
-        detail = f"{detail}: {reason}"
-    if status >= 500 or status in _TRANSIENT_4XX or status < 400:
-        raise DestinationUnavailableError(detail)
-    named = answer.get("reden") if isinstance(answer, dict) else None
-    try:
-        rejection = RejectionReason(named if isinstance(named, str) else "")
-    except ValueError:
-        rejection = RejectionReason.SCHEMA_INVALID
-    raise DestinationRejectedError(rejection, detail)
 
 
 # -- source and destination ----------------------------------------------------------------
@@ -505,10 +457,6 @@ class CjgSource(SourceBase):
         await self.api.close()
 
 
-def _iso(unix: int) -> str:
-    return datetime.datetime.fromtimestamp(unix, datetime.UTC).isoformat()
-
-
 class CjgDestination:
     """Inbound case messages → ``POST /inbound``; refusals → ``POST /refusals``."""
 
@@ -517,52 +465,16 @@ class CjgDestination:
 
     @staticmethod
     def document(message: InboundMessage) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "berichtId": message.message_id,
-            "soort": message.message_type.value,
-            "afzender": message.sender,
-            "aanpak": message.token_id,
-            "geaccepteerdOp": _iso(message.accepted_at),
-            "ontvangenOp": _iso(message.received_at),
-            "traceparent": message.trace_id,
-            "clienten": [
-                {"pseudoniem": p, "clientnummer": message.local_ids.get(p)}
-                for p in message.subjects
-            ],
-            "bericht": json.loads(message.body_bytes),
-        }
-        if isinstance(message.body, ApproachNotice):
-            doc["personen"] = [
-                {
-                    "pseudoniem": p.pseudonym,
-                    "voornaam": p.given_name,
-                    "achternaam": p.family_name,
-                    "geboortedatum": p.date_of_birth.isoformat() if p.date_of_birth else None,
-                    "bsn": p.bsn,
-                }
-                for p in message.body.persons
-            ]
-        return doc
+        """The ``POST /inbound`` body: a Dutch envelope around the covenant message as sent."""
+        return envelope(message, "clienten", "clientnummer")
 
     async def apply(self, message: InboundMessage) -> Applied:
         status, answer = await self.api.post("/inbound", self.document(message), message.message_id)
-        _check_answer(status, answer, f"message {message.message_id}")
+        system = self.api.system
+        check_answer(status, answer, system=system, what=f"message {message.message_id}")
         if not isinstance(message.body, ApproachNotice):
             return Applied()
-        items = answer.get("koppelingen") if isinstance(answer, dict) else None
-        if not isinstance(items, list):
-            raise DestinationUnavailableError("CJG system's answer to a notice has no koppelingen")
-        subjects = set(message.subjects)
-        return Applied(
-            {
-                item["pseudoniem"]: item["clientnummer"]
-                for item in items
-                if isinstance(item, dict)
-                and item.get("pseudoniem") in subjects
-                and isinstance(item.get("clientnummer"), str)
-                and item["clientnummer"]
-            }
-        )
+        return Applied(couplings(answer, set(message.subjects), "clientnummer", system=system))
 
     async def report_refusal(self, record_id: str, refusal: Refusal) -> None:
         document = {
@@ -573,12 +485,8 @@ class CjgDestination:
             "toelichting": refusal.detail,
             "ontvanger": refusal.recipient,
         }
-        key = f"{refusal.message_id}:{refusal.by}:{refusal.recipient or ''}"
-        status, answer = await self.api.post("/refusals", document, key)
-        if not 200 <= status < 300:
-            raise DestinationUnavailableError(
-                f"CJG system answered {status} to a refusal report: {_reason_text(answer)}"
-            )
+        status, answer = await self.api.post("/refusals", document, refusal_key(refusal))
+        check_refusal_answer(status, answer, system=self.api.system)
 
 
 def create_transport(config: AdapterConfig, clock: Clock) -> Transport:

@@ -47,7 +47,7 @@ Rules kept here:
 * Writing: UTF-8 with BOM, ``;``, CRLF, ``dd-mm-jjjj`` dates, times in ``timezone``; cells
   that a spreadsheet would run as a formula (starting ``= + - @``) get a leading ``'``. Files
   are written atomically and idempotently (temp file, fsync, link, ledger — as the OM adapter
-  does, with the same helpers).
+  does, with the same helpers: ``adapters/partners/_dropfolder.py``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Final
 
 import msgspec
 
@@ -82,27 +82,26 @@ from adapters.base import (
     Transport,
 )
 from adapters.config import AdapterConfig
-from adapters.errors import AdapterConfigError, AdapterError
-
-# The drop-folder helpers are shared with the OM adapter (see the report: they belong in a
-# private ``adapters/partners/_dropfolder.py``).
-from adapters.partners.om import (
+from adapters.errors import AdapterError
+from adapters.partners._dropfolder import (
     DropLimits,
+    Folder,
     Ledger,
-    RegisteredPerson,
+    MaxFileBytes,
+    MaxFilesPerPull,
+    SettleSeconds,
     candidates,
     checked_message_id,
-    distinct_folders,
-    file_sha256,
-    match_persons,
+    make_folders,
     move_aside,
-    read_limited,
+    read_picked,
     refusal_file_name,
     refusal_report,
     replace_file,
-    system_settings,
     write_new_file,
 )
+from adapters.partners._matching import RegisteredPerson, match_persons
+from adapters.partners._settings import config_error, distinct_folders, struct_settings
 from gateway.protocol.messages import (
     ActionPlan,
     ApproachChange,
@@ -144,8 +143,6 @@ max_files_per_pull = 100
 
 # -- configuration -------------------------------------------------------------------------
 
-Folder = Annotated[str, msgspec.Meta(min_length=1)]
-
 
 class HaltSystemConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The ``[system]`` table of the Halt adapter; sizes in bytes, times in seconds."""
@@ -158,9 +155,9 @@ class HaltSystemConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     register: Folder = "uitwisseling/register/dossiers.csv"
     state_dir: Folder = "state/halt"
     timezone: Folder = "Europe/Amsterdam"
-    max_file_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 1024 * 1024
-    settle_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 2
-    max_files_per_pull: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    max_file_bytes: MaxFileBytes = 1024 * 1024
+    settle_s: SettleSeconds = 2
+    max_files_per_pull: MaxFilesPerPull = 100
 
 
 # -- the CSV formats -----------------------------------------------------------------------
@@ -177,6 +174,9 @@ STATUS_FROM_HALT: Final[Mapping[str, ProgressStatus]] = {
     "geen contact": ProgressStatus.NO_CONTACT,
 }
 STATUS_TO_HALT: Final = {v: k for k, v in STATUS_FROM_HALT.items()}
+# Halt's words in the files its staff read. Most are the OM's words too (``om.OFFENCE_NL``…),
+# but each table is its partner's format, not a shared one: a change in Halt's import must
+# not change what the OM's XSD accepts, and the closure reasons already differ.
 OFFENCE_HALT: Final[Mapping[OffenceCategory, str]] = {
     OffenceCategory.SHOPLIFTING: "winkeldiefstal",
     OffenceCategory.VANDALISM: "vernieling",
@@ -421,7 +421,7 @@ class HaltSource(SourceBase):
         for mtime_ns, name, path in found:
             if files >= self.limits.max_files:
                 break
-            if self.limits.settle_s and now - mtime_ns // 1_000_000_000 < self.limits.settle_s:
+            if self.limits.settling(mtime_ns, now):
                 continue
             try:
                 file_records, digest = self._read(name, path)
@@ -436,15 +436,10 @@ class HaltSource(SourceBase):
         return PullBatch(records)
 
     def _read(self, name: str, path: Path) -> tuple[list[SourceRecord], str]:
-        data = read_limited(path, self.limits.max_file_bytes)
+        data, digest = read_picked(path, self.limits.max_file_bytes)
         if data is None:
-            digest = file_sha256(path)
-            report = (
-                f"the file is {path.stat().st_size} bytes; the limit is "
-                f"{self.limits.max_file_bytes} bytes (max_file_bytes); it was not read"
-            )
+            report = self.limits.too_large(path)
             return [self._file_record(name, digest, b"", report)], digest
-        digest = hashlib.sha256(data).hexdigest()
         try:
             header, rows = read_export(data)
         except CsvFileError as exc:
@@ -789,14 +784,11 @@ def create_transport(config: AdapterConfig, clock: Clock) -> Transport:
     """The Halt transport from ``[system]``; ``AdapterConfigError`` names a bad setting.
 
     Creates the folders if they are missing (a development deployment starts empty)."""
-    settings = system_settings(config, HaltSystemConfig)
+    settings = struct_settings(config, HaltSystemConfig)
     try:
         tz = zoneinfo.ZoneInfo(settings.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise AdapterConfigError(
-            f"{Path(config.base) / 'adapter.toml'}: [system] timezone: "
-            f"unknown time zone {settings.timezone!r}"
-        ) from None
+        raise config_error(config, "timezone", f"unknown time zone {settings.timezone!r}") from None
     paths = distinct_folders(
         config,
         {
@@ -815,11 +807,7 @@ def create_transport(config: AdapterConfig, clock: Clock) -> Transport:
         register=config.path(settings.register),
         ledger=paths["state_dir"] / "applied",
     )
-    for folder in (folders.uit, folders.inbox, folders.mislukt, folders.verwerkt, folders.ledger):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AdapterConfigError(f"[system]: cannot create {folder}: {exc}") from None
+    make_folders((folders.uit, folders.inbox, folders.mislukt, folders.verwerkt, folders.ledger))
     limits = DropLimits(settings.max_file_bytes, settings.settle_s, settings.max_files_per_pull)
     return Transport(
         HaltSource(folders, limits, clock), HaltMapping(), HaltDestination(folders, tz)

@@ -33,7 +33,8 @@ Rules kept here:
   overwritten. A ledger (``state_dir/applied/<name>.json``, written after the file) remembers
   what was written even after the OM system took the file away, so a redelivery (a crash
   between ``apply`` and the SDK's commit) never makes a second file. Every file written is
-  validated against the XSD first: what the OM system reads is always schema-valid.
+  validated against the XSD first: what the OM system reads is always schema-valid. (The
+  drop-folder handling is shared with the Halt adapter: ``adapters/partners/_dropfolder.py``.)
 * Reports are for a person at the OM: what is wrong and where (line, XSD path); never the
   document's personal data.
 """
@@ -42,18 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import importlib.resources
-import json
 import logging
-import os
 import re
-import stat
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, TypeVar, cast
+from typing import Any, Final, cast
 
 import msgspec
 from lxml import etree
@@ -74,7 +70,28 @@ from adapters.base import (
     Transport,
 )
 from adapters.config import AdapterConfig
-from adapters.errors import AdapterConfigError, AdapterError
+from adapters.errors import AdapterError
+from adapters.partners import _dropfolder, _matching, _settings
+from adapters.partners._dropfolder import (
+    DropLimits,
+    Folder,
+    Ledger,
+    MaxFileBytes,
+    MaxFilesPerPull,
+    PickedFile,
+    SettleSeconds,
+    candidates,
+    checked_message_id,
+    make_folders,
+    move_aside,
+    read_picked,
+    refusal_file_name,
+    refusal_report,
+    replace_file,
+    write_new_file,
+)
+from adapters.partners._matching import RegisteredPerson, match_persons
+from adapters.partners._settings import distinct_folders, struct_settings
 from gateway.protocol.messages import (
     ActionPlan,
     ApproachChange,
@@ -84,7 +101,6 @@ from gateway.protocol.messages import (
     Closure,
     ClosureReason,
     OffenceCategory,
-    PersonDetails,
     Progress,
     ProgressStatus,
     Referral,
@@ -95,6 +111,16 @@ from gateway.protocol.reasons import RejectionReason
 from gateway.protocol.types import ApproachKind, MessageType
 
 logger = logging.getLogger(__name__)
+
+# Public names of this module from before its drop-folder, matching and settings helpers
+# moved to the private modules (shared with the Halt adapter); kept so that callers outside
+# the package keep working. Code in the package imports them from the private modules.
+file_sha256 = _dropfolder.file_sha256
+fsync_dir = _dropfolder.fsync_dir
+read_limited = _dropfolder.read_limited
+match_person = _matching.match_person
+normalise_name = _matching.normalise_name
+system_settings = _settings.struct_settings
 
 TRANSPORT: Final = "om-xml"
 NAMESPACE: Final = "https://ketenpost.nl/xml/om/v1"
@@ -121,8 +147,6 @@ max_files_per_pull = 100
 
 # -- configuration -------------------------------------------------------------------------
 
-Folder = Annotated[str, msgspec.Meta(min_length=1)]
-
 
 class OmSystemConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The ``[system]`` table of the OM adapter; sizes in bytes, times in seconds."""
@@ -134,44 +158,9 @@ class OmSystemConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     archive_dir: Folder = "drop/archive"
     register: Folder = "drop/register/personen.xml"
     state_dir: Folder = "state/om"
-    max_file_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 1024 * 1024
-    settle_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 2
-    max_files_per_pull: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
-
-
-_S = TypeVar("_S", bound=msgspec.Struct)
-_AT_PATH: Final = re.compile(r"^(?P<msg>.*) - at `\$\.(?P<key>[A-Za-z0-9_]+)`$")
-_UNKNOWN: Final = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
-
-
-def system_settings(config: AdapterConfig, struct: type[_S]) -> _S:
-    """``config.system`` as ``struct``; ``AdapterConfigError`` with one line naming the key."""
-    where = f"{Path(config.base) / 'adapter.toml'}: [system]"
-    try:
-        return msgspec.convert(config.system, struct)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        if m := _UNKNOWN.match(text):
-            raise AdapterConfigError(f"{where} {m['key']}: unknown setting") from None
-        if m := _AT_PATH.match(text):
-            raise AdapterConfigError(f"{where} {m['key']}: {m['msg']}") from None
-        raise AdapterConfigError(f"{where} {text}") from None
-
-
-def distinct_folders(config: AdapterConfig, folders: Mapping[str, str]) -> dict[str, Path]:
-    """Resolve ``folders`` (setting → relative path); raise if two name the same folder."""
-    resolved: dict[str, Path] = {}
-    seen: dict[Path, str] = {}
-    for key, relative in folders.items():
-        path = config.path(relative).resolve()
-        if path in seen:
-            raise AdapterConfigError(
-                f"{Path(config.base) / 'adapter.toml'}: [system] {key}: the same folder as "
-                f"{seen[path]}"
-            )
-        seen[path] = key
-        resolved[key] = path
-    return resolved
+    max_file_bytes: MaxFileBytes = 1024 * 1024
+    settle_s: SettleSeconds = 2
+    max_files_per_pull: MaxFilesPerPull = 100
 
 
 # -- hardened XML --------------------------------------------------------------------------
@@ -343,66 +332,7 @@ _OFFENCE_FROM_NL: Final = {v: k for k, v in OFFENCE_NL.items()}
 _PROGRESS_FROM_NL: Final = {v: k for k, v in PROGRESS_NL.items()}
 
 
-# -- person matching (approach-notice → local ids) ------------------------------------------
-
-
-def normalise_name(value: str) -> str:
-    """Case, accents and spacing folded: ``"  de  Vriës"`` → ``"de vries"``."""
-    decomposed = unicodedata.normalize("NFKD", value)
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(stripped.casefold().replace("-", " ").split())
-
-
-@dataclass(frozen=True)
-class RegisteredPerson:
-    """One person in a partner system's register: the local id and what identifies them."""
-
-    local_id: str
-    given_names: str
-    family_name: str
-    date_of_birth: datetime.date
-    bsn: str | None = None
-
-
-def match_person(person: PersonDetails, register: Sequence[RegisteredPerson]) -> str | None:
-    """The local id of the one registered person ``person`` is, or ``None``.
-
-    By BSN when the notice carries one and the register knows it; otherwise by family name,
-    date of birth and (when given) first name, among registered persons whose BSN does not
-    contradict the notice's. A name alone never matches, and two candidates match none: a
-    wrong link would send one youth's case to another's file.
-    """
-    if person.bsn is not None:
-        by_bsn = [r for r in register if r.bsn == person.bsn]
-        if len(by_bsn) == 1:
-            return by_bsn[0].local_id
-        if by_bsn:
-            return None
-    if person.family_name is None or person.date_of_birth is None:
-        return None
-    family = normalise_name(person.family_name)
-    given = normalise_name(person.given_name) if person.given_name else None
-    candidates = [
-        r
-        for r in register
-        if r.date_of_birth == person.date_of_birth
-        and normalise_name(r.family_name) == family
-        and (person.bsn is None or r.bsn is None or r.bsn == person.bsn)
-        and (given is None or given in normalise_name(r.given_names).split())
-    ]
-    return candidates[0].local_id if len(candidates) == 1 else None
-
-
-def match_persons(
-    persons: Sequence[PersonDetails], register: Sequence[RegisteredPerson]
-) -> dict[str, str]:
-    """pseudonym → local id for the persons found (exactly once) in ``register``."""
-    out: dict[str, str] = {}
-    for person in persons:
-        local = match_person(person, register)
-        if local is not None:
-            out[person.pseudonym] = local
-    return out
+# -- the person register (approach-notice → local ids) -------------------------------------
 
 
 def read_register(path: Path, schema: etree.XMLSchema) -> list[RegisteredPerson]:
@@ -428,159 +358,6 @@ def read_register(path: Path, schema: etree.XMLSchema) -> list[RegisteredPerson]
         )
         for p in root.iterfind(_q("Persoon"))
     ]
-
-
-# -- drop-folder file handling ---------------------------------------------------------------
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_new_file(folder: Path, name: str, data: bytes) -> bool:
-    """Write ``folder/name`` atomically unless it exists; True if written.
-
-    Temp file ``.<name>.tmp`` (the partner system never reads dot-files), fsync, then a hard
-    link to the final name, which fails rather than replace an existing file, then fsync of
-    the folder so the name survives a power cut.
-    """
-    final = folder / name
-    if final.exists():
-        return False
-    tmp = folder / f".{name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(folder)
-    return True
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically, replacing what was there (reports, ledger entries)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    fsync_dir(path.parent)
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def move_aside(path: Path, folder: Path, digest: str) -> Path | None:
-    """Move ``path`` into ``folder`` under its own name (or ``stem.<hash>.suffix`` if a file of
-    that name with other content is there). ``None`` if ``path`` is gone or no longer has
-    ``digest`` — then it was replaced after it was read and must be read again."""
-    try:
-        if file_sha256(path) != digest:
-            return None
-    except FileNotFoundError:
-        return None
-    target = folder / path.name
-    if target.exists():
-        if file_sha256(target) == digest:
-            path.unlink()
-            fsync_dir(path.parent)
-            return target
-        target = folder / f"{path.stem}.{digest[:16]}{path.suffix}"
-    path.replace(target)
-    fsync_dir(folder)
-    fsync_dir(path.parent)
-    return target
-
-
-class Ledger:
-    """What the adapter wrote into the partner's inbound folder, kept after the partner system
-    took the file away: ``<folder>/<file name>.json`` holding the local ids it reported."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def get(self, name: str) -> dict[str, str] | None:
-        try:
-            data = (self.folder / f"{name}.json").read_bytes()
-        except FileNotFoundError:
-            return None
-        entry = json.loads(data)
-        return {str(k): str(v) for k, v in entry.get("local_ids", {}).items()}
-
-    def put(self, name: str, local_ids: Mapping[str, str]) -> None:
-        replace_file(
-            self.folder / f"{name}.json",
-            json.dumps({"local_ids": dict(local_ids)}, sort_keys=True).encode(),
-        )
-
-
-@dataclass(frozen=True)
-class PickedFile:
-    path: Path
-    name: str
-    digest: str
-
-
-@dataclass(frozen=True)
-class DropLimits:
-    max_file_bytes: int
-    settle_s: int
-    max_files: int
-
-
-def candidates(folder: Path, suffix: str) -> list[tuple[int, str, Path]]:
-    """Regular ``*<suffix>`` files not starting with ``.``, oldest first (creation order)."""
-    found: list[tuple[int, str, Path]] = []
-    for entry in os.scandir(folder):
-        if entry.name.startswith(".") or not entry.name.lower().endswith(suffix):
-            continue
-        st = entry.stat(follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):  # a symlink could point anywhere: never followed
-            logger.warning("dropfolder_skipped", extra={"file": entry.name})
-            continue
-        found.append((st.st_mtime_ns, entry.name, Path(entry.path)))
-    found.sort()
-    return found
-
-
-def read_limited(path: Path, limit: int) -> bytes | None:
-    """The file's bytes, or ``None`` when it holds more than ``limit`` bytes (read no more)."""
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    return None if len(data) > limit else data
-
-
-def refusal_report(
-    partner: str, name: str, digest: str, report: str, now: int, retry_hint: str
-) -> bytes:
-    return (
-        f"Ketenpost adapter ({partner}): this file was NOT sent.\n"
-        f"file:     {name}\n"
-        f"sha256:   {digest}\n"
-        f"refused:  {_utc(now)}\n"
-        f"reason:\n  {report.replace(chr(10), chr(10) + '  ')}\n\n"
-        f"{retry_hint}\n"
-    ).encode()
 
 
 # -- Source ----------------------------------------------------------------------------------
@@ -619,22 +396,15 @@ class OmSource(SourceBase):
         for mtime_ns, name, path in found:
             if len(records) >= self.limits.max_files:
                 break
-            if self.limits.settle_s and now - mtime_ns // 1_000_000_000 < self.limits.settle_s:
-                continue  # still being written, perhaps
+            if self.limits.settling(mtime_ns, now):
+                continue
             try:
-                data = read_limited(path, self.limits.max_file_bytes)
-                digest = hashlib.sha256(data).hexdigest() if data is not None else ""
-                if data is None:
-                    digest = file_sha256(path)
+                data, digest = read_picked(path, self.limits.max_file_bytes)
             except FileNotFoundError:
                 continue
             metadata = {"file": name, "sha256": digest}
             if data is None:
-                size = path.stat().st_size
-                metadata["refused"] = (
-                    f"the file is {size} bytes; the limit is {self.limits.max_file_bytes} "
-                    "bytes (max_file_bytes); it was not read"
-                )
+                metadata["refused"] = self.limits.too_large(path)
                 data = b""
             record_id = f"{name}:{digest}"
             self._picked[record_id] = PickedFile(path, name, digest)
@@ -879,22 +649,6 @@ def render_refusal(record_id: str, refusal: Refusal) -> bytes:
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
 
 
-def refusal_file_name(refusal: Refusal, suffix: str) -> str:
-    recipient = f"-{refusal.recipient}" if refusal.recipient else ""
-    return f"weigering-{refusal.message_id}{recipient}{suffix}"
-
-
-_MESSAGE_ID: Final = re.compile(r"^[0-9a-f]{64}$")
-
-
-def checked_message_id(message_id: str) -> str:
-    """The message id, safe as a file name (the SDK checked the header; this is belt and
-    braces against a path in a name)."""
-    if not _MESSAGE_ID.match(message_id):
-        raise DestinationRejectedError(RejectionReason.SCHEMA_INVALID, "message id is not 64 hex")
-    return message_id
-
-
 class OmDestination:
     """Writes ``<Ketenbericht>`` / ``<Weigering>`` files into ``out/``, once each."""
 
@@ -968,7 +722,7 @@ def create_transport(config: AdapterConfig, clock: Clock) -> Transport:
     """The OM transport from ``[system]``; ``AdapterConfigError`` names a bad setting.
 
     Creates the folders if they are missing (a development deployment starts empty)."""
-    settings = system_settings(config, OmSystemConfig)
+    settings = struct_settings(config, OmSystemConfig)
     paths = distinct_folders(
         config,
         {
@@ -987,11 +741,7 @@ def create_transport(config: AdapterConfig, clock: Clock) -> Transport:
         register=config.path(settings.register),
         ledger=paths["state_dir"] / "applied",
     )
-    for folder in (folders.inbox, folders.outbox, folders.failed, folders.archive, folders.ledger):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AdapterConfigError(f"[system]: cannot create {folder}: {exc}") from None
+    make_folders((folders.inbox, folders.outbox, folders.failed, folders.archive, folders.ledger))
     schema = load_schema()
     limits = DropLimits(settings.max_file_bytes, settings.settle_s, settings.max_files_per_pull)
     return Transport(

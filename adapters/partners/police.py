@@ -32,7 +32,8 @@ Rules kept here:
   the police system matches them (name and date of birth) in its own register and answers with
   ``koppelingen`` (pseudonym → ``persoonsnummer``). Persons it does not know get no mapping.
 * The mapping does no I/O; the HTTP session is shared by source and destination and closed
-  by ``Source.close`` (the SDK has no close hook on ``Destination``).
+  by ``Source.close`` (the SDK has no close hook on ``Destination``). The HTTP plumbing and
+  the status-code rules are shared with the CJG adapter: ``adapters/partners/_rest.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import asyncio
 import datetime
 import hashlib
 import hmac
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -50,14 +50,11 @@ from typing import Any, Final
 
 import aiohttp
 import msgspec
-import yarl
 from aiohttp import web
 
 from adapters.base import (
     Applied,
     Clock,
-    DestinationRejectedError,
-    DestinationUnavailableError,
     InboundMessage,
     MalformedRecordError,
     MappingContext,
@@ -69,9 +66,17 @@ from adapters.base import (
     Transport,
 )
 from adapters.config import AdapterConfig
-from adapters.errors import AdapterConfigError, AdapterError
+from adapters.errors import AdapterError
+from adapters.partners._rest import (
+    JsonHttp,
+    check_answer,
+    check_refusal_answer,
+    couplings,
+    envelope,
+    refusal_key,
+)
+from adapters.partners._settings import check_keys, config_error, http_url
 from gateway.protocol.messages import ApproachNotice, Signal, SignalCategory
-from gateway.protocol.reasons import RejectionReason
 
 logger = logging.getLogger("adapters.partners.police")
 
@@ -133,8 +138,6 @@ CATEGORIES: Final[Mapping[str, SignalCategory]] = {
 # Roles of a person in an incident; only the first two make a youth a subject of the signal.
 SHARED_ROLES: Final = frozenset({"verdachte", "betrokkene"})
 ROLES: Final = SHARED_ROLES | {"slachtoffer", "getuige", "melder"}
-# Status codes that say "not now" rather than "not this message".
-_TRANSIENT_4XX: Final = frozenset({401, 403, 404, 405, 408, 425, 429})
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -155,34 +158,21 @@ class PoliceSettings:
     ingest_token: str | None = None
 
 
-def _bad(config: AdapterConfig, key: str, why: str) -> AdapterConfigError:
-    return AdapterConfigError(f"{config.base}/adapter.toml: [system] {key}: {why}")
-
-
-def _http_url(config: AdapterConfig, key: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise _bad(config, key, "is missing (an http(s) URL)")
-    url = yarl.URL(value)
-    if url.scheme not in ("http", "https") or not url.host:
-        raise _bad(config, key, f"{value!r} is not an http(s) URL")
-    return value
-
-
 def _positive(config: AdapterConfig, key: str, value: object, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise _bad(config, key, f"{value!r} is not a positive number of seconds")
+        raise config_error(config, key, f"{value!r} is not a positive number of seconds")
     return float(value)
 
 
 def _listen(config: AdapterConfig, value: object) -> tuple[str, int]:
     if not isinstance(value, str) or ":" not in value:
-        raise _bad(config, "listen", f"{value!r} is not HOST:PORT")
+        raise config_error(config, "listen", f"{value!r} is not HOST:PORT")
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or int(port) > 65_535:
-        raise _bad(config, "listen", f"{value!r} is not HOST:PORT")
+        raise config_error(config, "listen", f"{value!r} is not HOST:PORT")
     return host, int(port)
 
 
@@ -190,34 +180,32 @@ def _token_file(config: AdapterConfig, key: str, value: object) -> str | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str):
-        raise _bad(config, key, "must be a file path")
+        raise config_error(config, key, "must be a file path")
     path = config.path(value)
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise _bad(config, key, f"cannot read {path}: {exc.strerror}") from None
+        raise config_error(config, key, f"cannot read {path}: {exc.strerror}") from None
     if not token:
-        raise _bad(config, key, f"{path} is empty")
+        raise config_error(config, key, f"{path} is empty")
     return token
 
 
 def parse_settings(config: AdapterConfig) -> PoliceSettings:
     """Validate ``[system]``; ``AdapterConfigError`` with one line naming the bad key."""
     system = config.system
-    unknown = sorted(set(system) - _KEYS)
-    if unknown:
-        raise _bad(config, unknown[0], "unknown key")
-    if system.get("transport") != TRANSPORT:
-        raise _bad(config, "transport", f'must be "{TRANSPORT}"')
+    check_keys(config, _KEYS, TRANSPORT)
     host, port = _listen(config, system.get("listen"))
     max_body = system.get("max_body_bytes", 1_048_576)
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024:
-        raise _bad(config, "max_body_bytes", f"{max_body!r} is not a size of at least 1024 bytes")
+        raise config_error(
+            config, "max_body_bytes", f"{max_body!r} is not a size of at least 1024 bytes"
+        )
     return PoliceSettings(
         listen_host=host,
         listen_port=port,
-        webhook_url=_http_url(config, "webhook_url", system.get("webhook_url")),
-        refusals_url=_http_url(config, "refusals_url", system.get("refusals_url")),
+        webhook_url=http_url(config, "webhook_url", system.get("webhook_url")),
+        refusals_url=http_url(config, "refusals_url", system.get("refusals_url")),
         timeout_s=_positive(config, "timeout_s", system.get("timeout_s"), 10.0),
         connect_timeout_s=_positive(
             config, "connect_timeout_s", system.get("connect_timeout_s"), 3.0
@@ -362,78 +350,6 @@ class IncidentMapping:
         )
 
 
-# -- HTTP to the police system -------------------------------------------------------------
-
-
-class _Http:
-    """One aiohttp session for source and destination, opened on first use."""
-
-    def __init__(self, settings: PoliceSettings) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout_s, connect=settings.connect_timeout_s
-        )
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def post(
-        self, url: str, document: Mapping[str, Any], idempotency_key: str
-    ) -> tuple[int, Any]:
-        """POST JSON; (status, decoded JSON answer or ``None``). Connection failures and
-        timeouts raise ``DestinationUnavailableError``."""
-        headers = {"Idempotency-Key": idempotency_key, "Accept": "application/json"}
-        try:
-            async with self.session().post(url, json=document, headers=headers) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise DestinationUnavailableError(
-                f"police system unreachable: {type(exc).__name__}: {exc}"
-            ) from None
-        try:
-            answer = json.loads(raw) if raw else None
-        except ValueError:
-            answer = None
-        return status, answer
-
-
-def _reason_text(answer: object) -> str:
-    if isinstance(answer, dict):
-        parts = [str(answer[k]) for k in ("reden", "toelichting") if answer.get(k)]
-        return ": ".join(parts)[:500]
-    return ""
-
-
-def _check_answer(status: int, answer: object, what: str) -> None:
-    """Raise for a non-2xx answer: transient or final (see the module docstring)."""
-    if 200 <= status < 300:
-        return
-    detail = f"police system answered {status} to {what}"
-    reason = _reason_text(answer)
-    if reason:
-        detail = f"{detail}: {reason}"
-    if status >= 500 or status in _TRANSIENT_4XX or status < 400:
-        if status in (401, 403, 404, 405):
-            logger.error("police_webhook_misconfigured", extra={"detail": detail})
-        raise DestinationUnavailableError(detail)
-    named = answer.get("reden") if isinstance(answer, dict) else None
-    try:
-        rejection = RejectionReason(named if isinstance(named, str) else "")
-    except ValueError:
-        # The police system's own reason is in the detail; the covenant's closest code is
-        # "schema invalid" for a message it cannot take in.
-        rejection = RejectionReason.SCHEMA_INVALID
-    raise DestinationRejectedError(rejection, detail)
-
-
 # -- source: the local endpoint ------------------------------------------------------------
 
 
@@ -446,7 +362,7 @@ def _problem(status: int, fout: str, melding: str, **extra: str) -> web.Response
 class PoliceSource(SourceBase):
     """The local endpoint the police system POSTs incidents to (a push source)."""
 
-    def __init__(self, settings: PoliceSettings, http: _Http) -> None:
+    def __init__(self, settings: PoliceSettings, http: JsonHttp) -> None:
         self.settings = settings
         self._http = http
         self._sink: RecordSink | None = None
@@ -548,55 +464,34 @@ class PoliceSource(SourceBase):
 # -- destination: the webhook --------------------------------------------------------------
 
 
-def _iso(unix: int) -> str:
-    return datetime.datetime.fromtimestamp(unix, datetime.UTC).isoformat()
-
-
 class PoliceDestination:
     """Inbound case messages → the police system's webhook; refusals → its refusals URL."""
 
-    def __init__(self, settings: PoliceSettings, http: _Http) -> None:
+    def __init__(self, settings: PoliceSettings, http: JsonHttp) -> None:
         self.settings = settings
         self._http = http
 
     @staticmethod
     def document(message: InboundMessage) -> dict[str, Any]:
         """The webhook body: a Dutch envelope around the covenant message as sent."""
-        doc: dict[str, Any] = {
-            "berichtId": message.message_id,
-            "soort": message.message_type.value,
-            "afzender": message.sender,
-            "aanpak": message.token_id,
-            "geaccepteerdOp": _iso(message.accepted_at),
-            "ontvangenOp": _iso(message.received_at),
-            "traceparent": message.trace_id,
-            "betrokkenen": [
-                {"pseudoniem": p, "persoonsnummer": message.local_ids.get(p)}
-                for p in message.subjects
-            ],
-            "bericht": json.loads(message.body_bytes),
-        }
-        if isinstance(message.body, ApproachNotice):
-            doc["personen"] = [
-                {
-                    "pseudoniem": p.pseudonym,
-                    "voornaam": p.given_name,
-                    "achternaam": p.family_name,
-                    "geboortedatum": p.date_of_birth.isoformat() if p.date_of_birth else None,
-                    "bsn": p.bsn,
-                }
-                for p in message.body.persons
-            ]
-        return doc
+        return envelope(message, "betrokkenen", "persoonsnummer")
 
     async def apply(self, message: InboundMessage) -> Applied:
         status, answer = await self._http.post(
             self.settings.webhook_url, self.document(message), message.message_id
         )
-        _check_answer(status, answer, f"message {message.message_id}")
+        check_answer(
+            status,
+            answer,
+            system=self._http.system,
+            what=f"message {message.message_id}",
+            on_misconfigured=_misconfigured,
+        )
         if not isinstance(message.body, ApproachNotice):
             return Applied()
-        return Applied(_couplings(answer, set(message.subjects)))
+        return Applied(
+            couplings(answer, set(message.subjects), "persoonsnummer", system=self._http.system)
+        )
 
     async def report_refusal(self, record_id: str, refusal: Refusal) -> None:
         document = {
@@ -608,36 +503,23 @@ class PoliceDestination:
             "toelichting": refusal.detail,
             "ontvanger": refusal.recipient,
         }
-        key = f"{refusal.message_id}:{refusal.by}:{refusal.recipient or ''}"
+        key = refusal_key(refusal)
         status, answer = await self._http.post(self.settings.refusals_url, document, key)
-        if not 200 <= status < 300:
-            # A refusal report the police system cannot take now is asked again later;
-            # there is nothing to reject.
-            raise DestinationUnavailableError(
-                f"police system answered {status} to a refusal report: {_reason_text(answer)}"
-            )
+        check_refusal_answer(status, answer, system=self._http.system)
 
 
-def _couplings(answer: object, subjects: set[str]) -> dict[str, str]:
-    """``koppelingen`` of the webhook's answer to a notice: pseudonym → persoonsnummer."""
-    found: dict[str, str] = {}
-    items = answer.get("koppelingen") if isinstance(answer, dict) else None
-    if not isinstance(items, list):
-        raise DestinationUnavailableError("police system's answer to a notice has no koppelingen")
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        pseudonym, number = item.get("pseudoniem"), item.get("persoonsnummer")
-        if pseudonym in subjects and isinstance(number, str) and number:
-            found[pseudonym] = number
-    return found
+def _misconfigured(detail: str) -> None:
+    # A person must look (a URL, the token or a permission is wrong); the message waits.
+    logger.error("police_webhook_misconfigured", extra={"detail": detail})
 
 
 def create_transport(config: AdapterConfig, clock: Clock) -> Transport:
     """The police transport from ``[system]``; ``AdapterConfigError`` naming the bad key."""
     del clock  # the police system timestamps its own incidents
     settings = parse_settings(config)
-    http = _Http(settings)
+    http = JsonHttp(
+        "police system", timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s
+    )
     return Transport(
         PoliceSource(settings, http), IncidentMapping(), PoliceDestination(settings, http)
     )

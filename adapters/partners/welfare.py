@@ -57,7 +57,6 @@ import json
 import logging
 import re
 import sqlite3
-import unicodedata
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,6 +82,8 @@ from adapters.base import (
 )
 from adapters.config import AdapterConfig
 from adapters.errors import AdapterConfigError, AdapterError
+from adapters.partners._matching import normalise_name
+from adapters.partners._settings import config_error
 from gateway.protocol.messages import (
     ApproachNotice,
     CaseConference,
@@ -249,12 +250,13 @@ class WelfareSettings:
     @classmethod
     def from_config(cls, config: AdapterConfig) -> WelfareSettings:
         """Raise ``AdapterConfigError`` with one line naming the bad key."""
-        where = f"{Path(config.base) / 'adapter.toml'}: [system]"
         system = config.system
 
         def bad(key: str, why: str) -> AdapterConfigError:
-            return AdapterConfigError(f"{where} {key}: {why}")
+            return config_error(config, key, why)
 
+        # Not ``_settings.check_keys``: this message lists the known keys, and welfare has
+        # no fixed ``transport`` check of its own (the registry chose it by that key).
         for key in system:
             if key not in _KNOWN_KEYS:
                 known = ", ".join(sorted(_KNOWN_KEYS))
@@ -809,13 +811,6 @@ class WelfareMapping:
 # -- inbound: the inbox table --------------------------------------------------------------
 
 
-def normalise_name(value: str) -> str:
-    """Case, diacritics, hyphens and spacing do not tell two Dutch names apart."""
-    decomposed = unicodedata.normalize("NFKD", value)
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(stripped.replace("-", " ").casefold().split())
-
-
 @dataclass(frozen=True)
 class ClientCandidate:
     """A ``ketenpost_client`` row with the person's date of birth."""
@@ -828,7 +823,13 @@ class ClientCandidate:
 
 def match_client(person: PersonDetails, candidates: Sequence[ClientCandidate]) -> str | None:
     """The one client whose first and family name are the person's (``candidates`` share the
-    person's date of birth), or ``None`` when there is no such client or more than one."""
+    person's date of birth), or ``None`` when there is no such client or more than one.
+
+    Not ``_matching.match_person``, on purpose: welfare's role holds no BSN (``ROLE_DETAILS``
+    in ``zgw.py``), its register splits off the ``tussenvoegsel`` (so the family name matches
+    with or without it), it has one ``voornaam`` (which must equal the notice's first name,
+    not be one of several given names), and the date of birth is matched in SQL. The same
+    "exactly one or none" rule and the same name folding (``normalise_name``) apply."""
     if person.given_name is None or person.family_name is None:
         return None
     given = normalise_name(person.given_name)

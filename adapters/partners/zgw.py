@@ -94,6 +94,8 @@ from adapters.client import RefusedError
 from adapters.config import AdapterConfig
 from adapters.engine import Adapter
 from adapters.errors import AdapterConfigError, AdapterError
+from adapters.partners._settings import check_keys
+from adapters.partners._settings import where as settings_where
 from adapters.partners._zgw_client import (
     ZgwClient,
     ZgwCredentials,
@@ -203,7 +205,10 @@ ROLE_DETAILS: Final[Mapping[Role, frozenset[Detail]]] = {
     Role.PROSECUTION: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH}),
     Role.HALT: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH}),
     Role.YOUTH_CARE: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH, Detail.ADDRESS, Detail.BSN}),
-    Role.WELFARE: frozenset({Detail.NAME}),
+    # Name and date of birth: a name alone cannot safely tell two clients of a welfare
+    # organisation apart, and linking the wrong client would share a youth's case with the
+    # wrong family. The address and BSN stay out (data minimisation; ADR 9).
+    Role.WELFARE: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH}),
 }
 
 DEFAULT_SYSTEM_TOML: Final = """\
@@ -306,7 +311,7 @@ class ZgwSettings:
     def from_config(cls, config: AdapterConfig) -> ZgwSettings:
         """Raise ``AdapterConfigError`` with one line naming the bad key."""
         table = config.system
-        where = f"{config.base}/adapter.toml: [system]"
+        where = settings_where(config)
 
         def text(key: str, default: str | None = None) -> str:
             value = table.get(key, default)
@@ -321,11 +326,7 @@ class ZgwSettings:
                 raise AdapterConfigError(f"{where} {key}: {value!r} is not an http(s) URL")
             return value.rstrip("/") if key.endswith("_api") else value
 
-        unknown = sorted(set(table) - _KNOWN_KEYS)
-        if unknown:
-            raise AdapterConfigError(f"{where} {unknown[0]}: unknown key for transport 'zgw'")
-        if table.get("transport") != TRANSPORT:
-            raise AdapterConfigError(f'{where} transport: must be "{TRANSPORT}"')
+        check_keys(config, _KNOWN_KEYS, TRANSPORT, unknown_why="unknown key for transport 'zgw'")
         urls = {key: url(key) for key in _URL_KEYS}
         statustypes: dict[str, ZaakEvent] = {}
         for key in _STATUS_KEYS:
@@ -941,20 +942,12 @@ class ZgwSource(SourceBase):
                 state.revoke_after.pop(token_id, None)
                 return []
             records = await self._message(zaak, status, event)
-        except MalformedZaakError as exc:
+        except (MalformedZaakError, ZgwRefusedError) as exc:
             ident = str(zaak.get("identificatie") or _uuid_of(url))
-            report = f"zaak {ident}, status {event.value}: {exc}"
-            return [
-                _record(
-                    url,
-                    status_url,
-                    "invalid",
-                    ZaakRecord(zaak=url, status=status_url, report=report),
-                )
-            ]
-        except ZgwRefusedError as exc:
-            ident = str(zaak.get("identificatie") or _uuid_of(url))
-            report = f"zaak {ident}, status {event.value}: the ZGW API refused a request: {exc}"
+            why = (
+                f"the ZGW API refused a request: {exc}" if isinstance(exc, ZgwRefusedError) else exc
+            )
+            report = f"zaak {ident}, status {event.value}: {why}"
             return [
                 _record(
                     url,

@@ -25,11 +25,22 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
-DownMode = Literal["unavailable", "dropped"]
+from adapters.testing._server import (
+    Answers,
+    DownMode,
+    Handler,
+    LocalServer,
+    down_switch,
+    keep,
+    koppelingen,
+    missing_key,
+    replay,
+    take_refusal,
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class Client:
 
 
 @dataclass
-class FakeCjgSystem:
+class FakeCjgSystem(LocalServer):
     """The CJG system. ``async with`` starts it on 127.0.0.1 (``port`` 0: any)."""
 
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -61,9 +72,8 @@ class FakeCjgSystem:
     # The ``since`` of every feed request (``None``: from the start).
     feed_requests: list[str | None] = field(default_factory=list)
     down: DownMode | None = None
-    _answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    _answers: Answers = field(default_factory=dict)
     _refusal_keys: set[str] = field(default_factory=set)
-    _runner: web.AppRunner | None = None
 
     # -- register and feed ---------------------------------------------------------------
 
@@ -176,35 +186,15 @@ class FakeCjgSystem:
         return f"http://{self.host}:{self.port}{self.prefix}"
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._guard])
+        # Down before unauthorised: a system that is down checks no token.
+        app = web.Application(middlewares=[down_switch(lambda: self.down), self._guard])
         app.router.add_get(f"{self.prefix}/events", self._events)
         app.router.add_post(f"{self.prefix}/inbound", self._inbound)
         app.router.add_post(f"{self.prefix}/refusals", self._refusal)
-        self._runner = web.AppRunner(app, shutdown_timeout=1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeCjgSystem:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        _, self.port = await self._serve(app, self.host, self.port)
 
     @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.down == "unavailable":
-            return web.json_response({"reden": "onderhoud"}, status=503)
-        if self.down == "dropped" and request.transport is not None:
-            request.transport.close()
-            return web.Response(status=503)  # never reaches the client
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(
                 {"reden": "niet_geautoriseerd"},
@@ -240,34 +230,19 @@ class FakeCjgSystem:
     async def _inbound(self, request: web.Request) -> web.Response:
         key = request.headers.get("Idempotency-Key")
         if not key:
-            return web.json_response(
-                {"reden": "schema_invalid", "toelichting": "Idempotency-Key ontbreekt"},
-                status=400,
-            )
+            return missing_key()
         self.inbound_calls.append(key)
-        if key in self._answers:
-            status, first = self._answers[key]
-            return web.json_response(first, status=200 if status == 201 else status)
+        if (again := replay(self._answers, key)) is not None:
+            return again
         document = await request.json()
         self.inbound.append(document)
         answer: dict[str, Any] = {"status": "verwerkt", "berichtId": key}
         if document.get("soort") == "approach-notice":
-            answer["koppelingen"] = [
-                {"pseudoniem": p["pseudoniem"], "clientnummer": number}
-                for p in document.get("personen", [])
-                if (number := self.match(p)) is not None
-            ]
-        self._answers[key] = (201, answer)
-        return web.json_response(answer, status=201)
+            answer["koppelingen"] = koppelingen(document, self.match, "clientnummer")
+        return keep(self._answers, key, 201, answer)
 
     async def _refusal(self, request: web.Request) -> web.Response:
-        key = request.headers.get("Idempotency-Key", "")
-        if not key:
-            return web.json_response({"reden": "Idempotency-Key ontbreekt"}, status=400)
-        if key not in self._refusal_keys:
-            self._refusal_keys.add(key)
-            self.refusals.append(await request.json())
-        return web.json_response({"status": "geregistreerd"}, status=201)
+        return await take_refusal(request, self._refusal_keys, self.refusals)
 
     def refusals_for(self, event_id: str) -> list[dict[str, Any]]:
         return [r for r in self.refusals if r.get("gebeurtenisId") == event_id]

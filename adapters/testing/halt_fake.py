@@ -18,14 +18,19 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adapters.partners.halt import DEFAULT_SYSTEM_TOML
+from adapters.testing._dropfolder import (
+    pending,
+    reports,
+    system_table,
+    take_away,
+    write_carefully,
+)
 
 BOM = "\ufeff"
 VOORTGANG_COLUMNS = (
@@ -58,17 +63,6 @@ def halt_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
     return (BOM + out.getvalue()).encode("utf-8")
 
 
-def _write_carefully(folder: Path, name: str, data: bytes) -> Path:
-    tmp = folder / f".{name}.part"
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    final = folder / name
-    tmp.replace(final)
-    return final
-
-
 @dataclass
 class FakeHaltSystem:
     """The Halt side of the drop folders of the partner folder ``root``."""
@@ -85,9 +79,7 @@ class FakeHaltSystem:
     # -- configuration ---------------------------------------------------------------------
 
     def system_table(self) -> dict[str, Any]:
-        table: dict[str, Any] = tomllib.loads(DEFAULT_SYSTEM_TOML)["system"]
-        table.update(self.overrides)
-        return table
+        return system_table(DEFAULT_SYSTEM_TOML, self.overrides)
 
     def _folder(self, key: str) -> Path:
         return self.root / str(self.system_table()[key])
@@ -130,7 +122,7 @@ class FakeHaltSystem:
                 for d in self.dossiers.values()
             ],
         )
-        _write_carefully(self.register_file.parent, self.register_file.name, data)
+        write_carefully(self.register_file.parent, self.register_file.name, data)
 
     # -- exports ---------------------------------------------------------------------------
 
@@ -155,11 +147,11 @@ class FakeHaltSystem:
         header: Sequence[str] = VOORTGANG_COLUMNS,
     ) -> Path:
         """Export rows to ``uit/name`` carefully."""
-        return _write_carefully(self.uit, name, halt_csv(header, rows))
+        return write_carefully(self.uit, name, halt_csv(header, rows))
 
     def export_bytes(self, name: str, data: bytes) -> Path:
         """Export raw bytes to ``uit/name`` carefully (for broken files)."""
-        return _write_carefully(self.uit, name, data)
+        return write_carefully(self.uit, name, data)
 
     def export_careless(self, name: str, data: bytes, *, upto: int | None = None) -> Path:
         """Write straight into ``uit/name``; with ``upto`` only its first ``upto`` bytes."""
@@ -184,22 +176,11 @@ class FakeHaltSystem:
 
     def import_in(self) -> list[str]:
         """Halt's system imports ``in/`` and removes the files (as the real one does)."""
-        names = []
-        for name in self.received():
-            path = self.inbox / name
-            self.imported[name] = path.read_bytes()
-            path.unlink()
-            names.append(name)
-        return names
+        return take_away(self.inbox, self.received(), self.imported)
 
     def failed_reports(self) -> dict[str, str]:
         """``mislukt/<name>`` → the text of ``<name>.fout.txt``."""
-        if not self.mislukt.exists():
-            return {}
-        return {
-            p.name.removesuffix(".fout.txt"): p.read_text(encoding="utf-8")
-            for p in self.mislukt.glob("*.fout.txt")
-        }
+        return reports(self.mislukt, ".fout.txt")
 
     def pending(self) -> list[str]:
-        return sorted(p.name for p in self.uit.iterdir() if not p.name.startswith("."))
+        return pending(self.uit)

@@ -17,8 +17,6 @@ of its reading or writing logic.
 from __future__ import annotations
 
 import datetime
-import os
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,13 @@ from typing import Any
 from lxml import etree
 
 from adapters.partners.om import DEFAULT_SYSTEM_TOML, NAMESPACE, load_schema, safe_parser
+from adapters.testing._dropfolder import (
+    pending,
+    reports,
+    system_table,
+    take_away,
+    write_carefully,
+)
 
 
 def _q(name: str) -> str:
@@ -68,17 +73,6 @@ class OmDocument:
         return list(self.root.iterfind(_path(path)))
 
 
-def _write_carefully(folder: Path, name: str, data: bytes) -> Path:
-    tmp = folder / f".{name}.part"
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    final = folder / name
-    tmp.replace(final)
-    return final
-
-
 @dataclass
 class FakeOmSystem:
     """The OM side of the drop folders of the partner folder ``root``."""
@@ -98,9 +92,7 @@ class FakeOmSystem:
 
     def system_table(self) -> dict[str, Any]:
         """The ``[system]`` table the adapter should run with (development layout + overrides)."""
-        table: dict[str, Any] = tomllib.loads(DEFAULT_SYSTEM_TOML)["system"]
-        table.update(self.overrides)
-        return table
+        return system_table(DEFAULT_SYSTEM_TOML, self.overrides)
 
     def _folder(self, key: str) -> Path:
         return self.root / str(self.system_table()[key])
@@ -144,7 +136,7 @@ class FakeOmSystem:
             etree.SubElement(p, _q("Geboortedatum")).text = person.geboortedatum.isoformat()
         data = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
         self.schema.assertValid(root)
-        _write_carefully(self.register_file.parent, self.register_file.name, data)
+        write_carefully(self.register_file.parent, self.register_file.name, data)
 
     # -- outbound documents ----------------------------------------------------------------
 
@@ -233,7 +225,7 @@ class FakeOmSystem:
 
     def drop(self, name: str, data: bytes) -> Path:
         """Write ``in/name`` the careful way: a dot-named temp file, fsync, rename."""
-        return _write_carefully(self.inbox, name, data)
+        return write_carefully(self.inbox, name, data)
 
     def drop_careless(self, name: str, data: bytes, *, upto: int | None = None) -> Path:
         """Write straight into ``in/name``; with ``upto``, only the first ``upto`` bytes (a
@@ -261,23 +253,12 @@ class FakeOmSystem:
 
     def import_out(self) -> list[str]:
         """The OM system imports what is in ``out/`` and removes it (as the real one does)."""
-        names = []
-        for name, _doc in self.received().items():
-            path = self.outbox / name
-            self.imported[name] = path.read_bytes()
-            path.unlink()
-            names.append(name)
-        return names
+        return take_away(self.outbox, self.received(), self.imported)
 
     def failed_reports(self) -> dict[str, str]:
         """``failed/<name>`` → the text of ``<name>.error.txt``."""
-        if not self.failed.exists():
-            return {}
-        return {
-            p.name.removesuffix(".error.txt"): p.read_text(encoding="utf-8")
-            for p in self.failed.glob("*.error.txt")
-        }
+        return reports(self.failed, ".error.txt")
 
     def pending(self) -> list[str]:
         """Names still in ``in/`` (not yet taken by the adapter)."""
-        return sorted(p.name for p in self.inbox.iterdir() if not p.name.startswith("."))
+        return pending(self.inbox)

@@ -23,12 +23,22 @@ import datetime
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-DownMode = Literal["unavailable", "dropped"]
+from adapters.testing._server import (
+    Answers,
+    DownMode,
+    LocalServer,
+    down_switch,
+    keep,
+    koppelingen,
+    missing_key,
+    replay,
+    take_refusal,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,7 @@ class Persoon:
 
 
 @dataclass
-class FakePoliceSystem:
+class FakePoliceSystem(LocalServer):
     """The police system. ``async with`` starts it on 127.0.0.1 (``port`` 0: any)."""
 
     host: str = "127.0.0.1"
@@ -57,9 +67,8 @@ class FakePoliceSystem:
     down: DownMode | None = None
     # (status, reden, toelichting) for the next new message; cleared once used.
     refuse_next: tuple[int, str, str] | None = None
-    _answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    _answers: Answers = field(default_factory=dict)
     _refusal_keys: set[str] = field(default_factory=set)
-    _runner: web.AppRunner | None = None
 
     # -- the register --------------------------------------------------------------------
 
@@ -104,78 +113,31 @@ class FakePoliceSystem:
         return f"{self.url}/ketenpost/weigeringen"
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[down_switch(lambda: self.down)])
         app.router.add_post("/ketenpost/berichten", self._webhook)
         app.router.add_post("/ketenpost/weigeringen", self._refusal)
-        self._runner = web.AppRunner(app, shutdown_timeout=1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakePoliceSystem:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _down(self, request: web.Request) -> web.Response | None:
-        if self.down == "unavailable":
-            return web.json_response({"reden": "onderhoud"}, status=503)
-        if self.down == "dropped" and request.transport is not None:
-            request.transport.close()
-            return web.Response(status=503)  # never reaches the client
-        return None
+        _, self.port = await self._serve(app, self.host, self.port)
 
     async def _webhook(self, request: web.Request) -> web.Response:
-        down = self._down(request)
-        if down is not None:
-            return down
         key = request.headers.get("Idempotency-Key")
         if not key:
-            return web.json_response(
-                {"reden": "schema_invalid", "toelichting": "Idempotency-Key ontbreekt"},
-                status=400,
-            )
+            return missing_key()
         self.webhook_calls.append(key)
-        if key in self._answers:
-            status, answer = self._answers[key]
-            return web.json_response(answer, status=200 if status == 201 else status)
+        if (again := replay(self._answers, key)) is not None:
+            return again
         document = await request.json()
         if self.refuse_next is not None:
             status, reden, toelichting = self.refuse_next
             self.refuse_next = None
-            answer = {"reden": reden, "toelichting": toelichting}
-            self._answers[key] = (status, answer)
-            return web.json_response(answer, status=status)
+            return keep(self._answers, key, status, {"reden": reden, "toelichting": toelichting})
         self.berichten.append(document)
-        answer = {"status": "verwerkt", "berichtId": key}
+        answer: dict[str, Any] = {"status": "verwerkt", "berichtId": key}
         if document.get("soort") == "approach-notice":
-            answer["koppelingen"] = [
-                {"pseudoniem": p["pseudoniem"], "persoonsnummer": number}
-                for p in document.get("personen", [])
-                if (number := self.match(p)) is not None
-            ]
-        self._answers[key] = (201, answer)
-        return web.json_response(answer, status=201)
+            answer["koppelingen"] = koppelingen(document, self.match, "persoonsnummer")
+        return keep(self._answers, key, 201, answer)
 
     async def _refusal(self, request: web.Request) -> web.Response:
-        down = self._down(request)
-        if down is not None:
-            return down
-        key = request.headers.get("Idempotency-Key", "")
-        if not key:
-            return web.json_response({"reden": "Idempotency-Key ontbreekt"}, status=400)
-        if key not in self._refusal_keys:
-            self._refusal_keys.add(key)
-            self.weigeringen.append(await request.json())
-        return web.json_response({"status": "geregistreerd"}, status=201)
+        return await take_refusal(request, self._refusal_keys, self.weigeringen)
 
     def refusals_for(self, incidentnummer: str) -> list[dict[str, Any]]:
         return [w for w in self.weigeringen if w.get("incidentnummer") == incidentnummer]

@@ -32,6 +32,7 @@ import jwt
 from aiohttp import web
 
 from adapters.base import Clock
+from adapters.testing._server import LocalServer
 
 ZAKEN_VERSION: Final = "1.5.1"
 DOCUMENTEN_VERSION: Final = "1.5.0"
@@ -53,7 +54,7 @@ class _Problem(Exception):
 
 
 @dataclass
-class FakeZgw:
+class FakeZgw(LocalServer):
     """The fake Zaken + Documenten APIs. ``async with FakeZgw(...) as zgw`` serves them."""
 
     clients: Mapping[str, bytes]
@@ -73,7 +74,6 @@ class FakeZgw:
     catalogus_eigenschappen: dict[str, str] = field(default_factory=dict)
     # (method, path) of every authenticated request, for tests that count calls.
     requests: list[tuple[str, str]] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
     _serial: int = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -110,24 +110,8 @@ class FakeZgw:
         app.router.add_post(f"{d}/enkelvoudiginformatieobjecten", self._create_eio)
         app.router.add_get(f"{d}/enkelvoudiginformatieobjecten/{{uuid}}", self._get_eio)
         app.router.add_get(f"{d}/enkelvoudiginformatieobjecten/{{uuid}}/download", self._download)
-        self._runner = web.AppRunner(app, shutdown_timeout=1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = self._runner.addresses[0]
-        self.base = f"http://{bound[0]}:{bound[1]}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeZgw:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        bound_host, bound_port = await self._serve(app, host, port)
+        self.base = f"http://{bound_host}:{bound_port}"
 
     # -- helpers for tests and the demo --------------------------------------------------
 

@@ -17,12 +17,12 @@ import msgspec
 
 from adapters.base import Clock, Transport
 from adapters.config import AdapterConfig, load_partner_dir
-from adapters.engine import Adapter, EngineSettings
+from adapters.engine import Adapter
 from gateway.protocol.messages import PersonDetails
-from gateway.protocol.token import TokenSubject
 from gateway.protocol.types import new_pseudonym
+from tests.adapters._partner_helpers_common import announce, open_adapter
 from tests.adapters.conftest import BSN_A, BSN_B, Net
-from tests.gateway.conftest import DAY, Token
+from tests.gateway.conftest import Token
 
 TransportFactory = Callable[[AdapterConfig, Clock], Transport]
 
@@ -61,17 +61,7 @@ async def file_adapter(
 ) -> Adapter:
     config = load_partner_dir(net.folder(partner))
     config = msgspec.structs.replace(config, system=dict(system))
-    adapter = Adapter(
-        config,
-        factory(config, net.gw.clock),
-        clock=net.gw.clock,
-        settings=EngineSettings(backoff_base_s=1),
-        gateway_url=net.gw.url,
-        faults=faults,
-    )
-    await adapter.open()
-    net.open_adapters.append(adapter)
-    return adapter
+    return await open_adapter(net, config, factory(config, net.gw.clock), faults=faults)
 
 
 async def start_approach(
@@ -80,27 +70,5 @@ async def start_approach(
     """Velsen starts an approach for ``people`` and sends the approach-notice to ``to``.
 
     Velsen's own local ids are the BSNs; the recipients still have to ``receive_once``."""
-    gw = net.gw
-    token = gw.issue_token(
-        subjects=[
-            TokenSubject(pseudonym=p.pseudonym, informed_at=gw.clock.now() - DAY) for p in people
-        ]
-    )
-    registered = await (await gw.client("gemeente-velsen")).register_token(token.body)
-    velsen = await net.adapter("gemeente-velsen")
-    velsen.remember_token(
-        token.signed,
-        token.opening,
-        {p.pseudonym: str(p.bsn) for p in people if p.bsn},
-        registered_at=registered["registered_at"],
-    )
-    system = net.system("gemeente-velsen")
-    system.approaches[token.token_id] = (token.signed, token.opening, tuple(people))
-    system.add_event(
-        f"notice-{token.token_id}",
-        {"type": "approach-notice", "token_id": token.token_id, "to": list(to)},
-    )
-    assert await velsen.ingest_once() == 1
-    sent = await velsen.send_once()
-    assert len(sent.accepted) == 1, velsen.store.outbox()
+    token, _velsen = await announce(net, people, to)
     return token

@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adapters.config import load_partner_dir
-from adapters.engine import Adapter, EngineSettings
+from adapters.engine import Adapter
 from adapters.registry import default_registry
 from gateway.protocol.messages import PersonDetails
-from gateway.protocol.token import TokenSubject
 from gateway.protocol.types import new_pseudonym
+from tests.adapters._partner_helpers_common import announce, open_adapter
 from tests.adapters.conftest import BSN_A, BSN_B, Net
-from tests.gateway.conftest import DAY, Token
+from tests.gateway.conftest import Token
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,7 @@ async def open_partner_adapter(
     write_system(net, partner, system_toml)
     config = load_partner_dir(net.folder(partner))
     transport = default_registry().create(config, net.gw.clock)
-    adapter = Adapter(
-        config,
-        transport,
-        clock=net.gw.clock,
-        settings=EngineSettings(backoff_base_s=1),
-        gateway_url=net.gw.url,
-        faults=faults,
-    )
-    await adapter.open()
-    net.open_adapters.append(adapter)
-    return adapter
+    return await open_adapter(net, config, transport, faults=faults)
 
 
 async def start_approach(
@@ -82,38 +72,17 @@ async def start_approach(
     """Velsen starts an approach about ``youths`` and sends the notice to ``to``.
 
     Returns the approach and Velsen's adapter; the recipients still have to receive."""
-    gw = net.gw
-    subjects = tuple(
-        TokenSubject(pseudonym=new_pseudonym(), informed_at=gw.clock.now() - DAY) for _ in youths
-    )
-    token = gw.issue_token(subjects=subjects)
-    registered = await (await gw.client("gemeente-velsen")).register_token(token.body)
-    velsen = await net.adapter("gemeente-velsen")
     people = tuple(
         PersonDetails(
-            pseudonym=s.pseudonym,
+            pseudonym=new_pseudonym(),
             given_name=y.given_name,
             family_name=y.family_name,
             date_of_birth=y.date_of_birth,
             bsn=y.bsn,
         )
-        for s, y in zip(subjects, youths, strict=True)
+        for y in youths
     )
-    velsen.remember_token(
-        token.signed,
-        token.opening,
-        {p.pseudonym: str(p.bsn) for p in people},
-        registered_at=registered["registered_at"],
-    )
-    system = net.system("gemeente-velsen")
-    system.approaches[token.token_id] = (token.signed, token.opening, people)
-    system.add_event(
-        f"notice-{token.token_id}",
-        {"type": "approach-notice", "token_id": token.token_id, "to": list(to)},
-    )
-    assert await velsen.ingest_once() == 1
-    sent = await velsen.send_once()
-    assert len(sent.accepted) == 1, velsen.store.outbox()
+    token, velsen = await announce(net, people, to)
     return Approach(token, {str(p.bsn): p.pseudonym for p in people}), velsen
 
 

@@ -18,7 +18,8 @@ from adapters.config import AdapterConfig
 from adapters.engine import Adapter, FaultPoint
 from adapters.errors import AdapterConfigError, AdapterError
 from adapters.partners.cjg import DEFAULT_SYSTEM_TOML, CjgSource, create_transport
-from adapters.testing.cjg_fake import DownMode, FakeCjgSystem
+from adapters.testing._server import DownMode
+from adapters.testing.cjg_fake import FakeCjgSystem
 from gateway.protocol.messages import CaseConference, Progress, ProgressStatus
 from gateway.protocol.reasons import Reason
 from tests.adapters._partner_helpers_rest import (

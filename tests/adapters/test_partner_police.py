@@ -18,7 +18,8 @@ from adapters.config import AdapterConfig
 from adapters.engine import Adapter, FaultPoint
 from adapters.errors import AdapterConfigError
 from adapters.partners.police import DEFAULT_SYSTEM_TOML, PoliceSource, create_transport
-from adapters.testing.police_fake import DownMode, FakePoliceSystem, incident, post_incident
+from adapters.testing._server import DownMode
+from adapters.testing.police_fake import FakePoliceSystem, incident, post_incident
 from gateway.protocol.messages import Signal, SignalCategory
 from gateway.protocol.reasons import Reason
 from tests.adapters._partner_helpers_rest import (

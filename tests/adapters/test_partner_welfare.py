@@ -44,6 +44,7 @@ from gateway.protocol.messages import (
 from gateway.protocol.reasons import Reason
 from gateway.protocol.token import TokenSubject
 from gateway.protocol.types import MessageType, new_pseudonym
+from tests.adapters._partner_helpers_rest import write_system
 from tests.adapters.conftest import BSN_A, BSN_B, Net
 from tests.gateway._pg import PgSchema, pg_schema
 from tests.gateway.conftest import DAY, Token
@@ -113,8 +114,8 @@ async def welfare(request: pytest.FixtureRequest, net: Net) -> AsyncIterator[Wel
                 f'schema = "{pg.schema}"\n'
             )
             system = WelfareCaseSystem.postgres(pg.url, pg.schema)
-        toml = folder / "adapter.toml"
-        toml.write_text(toml.read_text(encoding="utf-8") + "\n" + system_toml, encoding="utf-8")
+        # ``ketenpost init`` wrote the development [system] table; this backend's replaces it.
+        write_system(net, WELFARE, system_toml)
         await system.create_tables()
         await system.register_client("C-1001", "Sem", "Vries", SEM_BORN, "de")
         await system.register_client("C-1002", "Lotte", "Visser", datetime.date(2009, 6, 30))

@@ -70,10 +70,10 @@ async def coordinator(
     net: Net, fake: FakeZgw, faults: Callable[[str], None] | None = None
 ) -> Adapter:
     folder = net.folder("gemeente-velsen")
+    # ``ketenpost init`` wrote a development secret; the test's fake knows this one.
     secret = folder / "zgw.secret"
-    if not secret.exists():
-        secret.write_bytes(SECRET)
-        secret.chmod(0o600)
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
     config = msgspec.structs.replace(load_partner_dir(folder), system=system_table(fake))
     adapter = Adapter(
         config,
@@ -190,7 +190,7 @@ async def test_aanpak_gestart_issues_registers_and_notifies_per_role(
     born = {"date_of_birth": datetime.date(2010, 4, 1)}
     expected: dict[str, dict[str, Any]] = {
         "politie-ijmond": {**name, **born},
-        "welzijn-ijmond": name,
+        "welzijn-ijmond": {**name, **born},  # ADR 9: no address, no BSN
         "cjg": {**name, **born, "bsn": BSN_A},
     }
     for partner, fields in expected.items():
