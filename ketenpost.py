@@ -24,6 +24,7 @@ from gateway import cli_bench, cli_config, cli_schema, cli_serve
 from gateway.config import write_default_config
 from gateway.protocol.policy import default_policy, encode_policy
 from keys import KeysError
+from keys import cli as keys_cli
 from keys.deployment import DeploymentLayout, create_deployment
 
 PROG = "ketenpost"
@@ -148,6 +149,7 @@ REGISTRARS: tuple[Register, ...] = (
     cli_partner.register,
     adapter_cli.register,
     functools.partial(cli_demo.register, init=init_deployment),
+    keys_cli.register,
 )
 
 
