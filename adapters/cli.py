@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from adapters import cli_processing_log
 from adapters.base import SystemClock
 from adapters.config import AdapterConfig, load_adapter_config
 from adapters.engine import Adapter, EngineSettings
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="plain-HTTP /metrics and /healthz (default %(default)s; '' for none)",
     )
     run.set_defaults(handler=run_adapter)
+    cli_processing_log.register(verbs)
 
 
 def _error(message: object, code: int) -> int:

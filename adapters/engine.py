@@ -46,6 +46,11 @@ Rules kept here:
 * **Alarms** (bad receipt, witness inconsistency, refused directory, stale directory, forged
   event, undecodable delivery) are persisted in ``adapter.db``, counted, logged, and turn
   ``/healthz`` red until an operator clears them.
+* **Processing logs** (``adapters.processing_log``, Logboek Dataverwerkingen): one record per
+  sent, refused, received, applied and rejected message, written by the named
+  ``self._processing_log`` calls right after the state change they describe; the header's
+  ``traceparent`` carries our *sent* span, and the partner system gets one naming our
+  *applied* span.
 * No globals: every collaborator is passed in; the time comes from the injected ``Clock``.
   ``faults`` is a hook called at named points of inbound handling (``FaultPoint``) so tests can
   simulate a crash at each step.
@@ -87,6 +92,7 @@ from adapters.directory import DirectoryKeeper, DirectoryUnavailableError
 from adapters.errors import AdapterError
 from adapters.metrics import AdapterMetrics
 from adapters.outbox import AdapterStore, NewOutbound, OutboxRow, TokenRow
+from adapters.processing_log import ProcessingLog
 from adapters.witness import CheckpointInvalidError, Witness, WitnessAlarm
 from gateway.protocol.envelope import (
     Envelope,
@@ -372,6 +378,7 @@ class Adapter:
         self._environ = environ
         self._store: AdapterStore | None = None
         self._client: GatewayClient | None = None
+        self._plog: ProcessingLog | None = None
         trust = config.path(config.directory.trusted_root).parent
         self.directory = DirectoryKeeper(trust, config.path(config.directory.bundle))
         self._token_cache: dict[str, ApproachToken] = {}
@@ -392,11 +399,18 @@ class Adapter:
         return self._client
 
     @property
+    def _processing_log(self) -> ProcessingLog:
+        if self._plog is None:
+            raise AdapterError("the adapter is not open")
+        return self._plog
+
+    @property
     def witness(self) -> Witness:
         return Witness(self.store, self.settings.origin)
 
     async def open(self) -> None:
         self._store = AdapterStore(self.config.path(self.config.store.path))
+        self._plog = ProcessingLog(self._store, self.partner_id, self.current_directory)
         self.directory.load_local(self.clock.now())
         context = client_context(self.identity.tls, self._environ)
         # The engine does its own durable backoff; the client tries once per call.
@@ -549,6 +563,9 @@ class Adapter:
                 )
                 quarantined.append((record, report))
                 continue
+            # The header's traceparent names our *sent* span; it continues the partner
+            # system's trace (its span becomes the parent) when it gave one.
+            trace, parent_span = self._processing_log.outbound_trace(message_id, outbound.trace_id)
             rows.append(
                 NewOutbound(
                     record_id=record.record_id,
@@ -558,7 +575,8 @@ class Adapter:
                     message_type=outbound.message_type.value,
                     body=body,
                     expires_in_s=outbound.expires_in_s,
-                    trace_id=outbound.trace_id or new_traceparent(),
+                    trace_id=trace,
+                    parent_span_id=parent_span,
                 )
             )
         known_failed = {f.record_id for f in self.store.failed()}
@@ -655,6 +673,7 @@ class Adapter:
 
     def _refuse(self, row: OutboxRow, reason: str, result: PassResult) -> None:
         self.store.mark_refused(row.message_id, reason)
+        self._processing_log.refused(row, reason, self.clock.now())
         self.metrics.refused(reason.split(":", 1)[0])
         result.refused.append(row.message_id)
         logger.warning("refused", extra={"message_id": row.message_id, "reason": reason})
@@ -712,6 +731,7 @@ class Adapter:
         self.store.mark_accepted(
             row.message_id, submitted.receipt, receipt.leaf_index, receipt.accepted_at
         )
+        self._processing_log.sent(row, receipt.accepted_at, now)
         self.metrics.sent(row.message_type)
         self.metrics.success("outbound", now)
         result.accepted.append(row.message_id)
@@ -865,6 +885,7 @@ class Adapter:
             return
         self._fault(FaultPoint.OPENED)
         header = checked.opened.header
+        self._processing_log.received(header, now)
         local_ids = self.store.local_ids(header.token_id)
         message = InboundMessage(
             message_id=header.message_id,
@@ -876,7 +897,8 @@ class Adapter:
             body_bytes=checked.opened.body,
             accepted_at=delivery.accepted_at,
             received_at=now,
-            trace_id=header.trace_id,
+            # Continues the sender's trace, with our *applied* action as the parent span.
+            trace_id=self._processing_log.inbound_traceparent(header),
             local_ids={p: local_ids[p] for p in header.subjects if p in local_ids},
         )
         try:
@@ -923,6 +945,7 @@ class Adapter:
                 if p in subjects
             ],
         )
+        self._processing_log.applied(header, now)
         self.metrics.applied(header.message_type.value)
         self._fault(FaultPoint.RECORDED)
         result.applied.append(header.message_id)
@@ -960,6 +983,15 @@ class Adapter:
             outcome="rejected",
             reason=rejected.reason.value,
             answer=answer,
+            now=now,
+        )
+        self._processing_log.rejected(
+            delivery.message_id,
+            delivery.sender,
+            delivery.envelope,
+            rejected.reason.value,
+            # Before the envelope opened its header is unverified: no subjects from it.
+            opened=rejected.reason is not RejectionReason.CANNOT_OPEN,
             now=now,
         )
         self.metrics.rejected(rejected.reason.value)

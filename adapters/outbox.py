@@ -20,6 +20,8 @@ Rules kept here:
 * **The failed place** keeps a malformed record's bytes and a readable report; it is counted.
 * Witness state (every checkpoint seen) and alarms persist, so a restart does not forget an
   inconsistency the gateway showed.
+* **Processing log** (migration 2): the Logboek Dataverwerkingen records of
+  ``adapters.processing_log``, one row per span id, never updated (``INSERT OR IGNORE``).
 * Migrations are versioned by ``PRAGMA user_version`` and only ever appended to ``MIGRATIONS``.
 * Calls are synchronous and short (a local file); the engine runs them on its event loop.
 """
@@ -133,6 +135,26 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         cleared_at INTEGER
     );
     """,
+    # 2: processing logs (Logboek Dataverwerkingen, ``adapters.processing_log``): one row per
+    # record, its exact exported JSON line beside the columns it is looked up by; and the span
+    # id of the partner system's action an outbound record continues (its trace parent).
+    """
+    ALTER TABLE outbox ADD COLUMN parent_span_id TEXT;
+    CREATE TABLE processing_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        span_id TEXT NOT NULL UNIQUE,
+        trace_id TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        token_id TEXT,
+        data_subject_id TEXT,
+        end_ms INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX processing_log_end ON processing_log (end_ms);
+    CREATE INDEX processing_log_trace ON processing_log (trace_id);
+    CREATE INDEX processing_log_token ON processing_log (token_id);
+    """,
 )
 
 OUTBOX_STATES: Final = ("queued", "sent", "accepted", "disputed", "refused")
@@ -161,6 +183,8 @@ class OutboxRow:
     envelope: bytes | None
     expires_at: int | None
     receipt: bytes | None
+    # The partner system's span this message continues (migration 2); None if it gave none.
+    parent_span_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +199,7 @@ class NewOutbound:
     body: bytes
     expires_in_s: int
     trace_id: str
+    parent_span_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +244,21 @@ class CheckpointRow:
 
 
 @dataclass(frozen=True)
+class ProcessingRow:
+    """One processing-log record (``adapters.processing_log``): the exported JSON line and the
+    columns it is found by (trace, message, approach, subject, end time)."""
+
+    span_id: str
+    trace_id: str
+    operation: str
+    message_id: str
+    token_id: str | None
+    data_subject_id: str | None
+    end_ms: int
+    record: str
+
+
+@dataclass(frozen=True)
 class Alarm:
     kind: str
     detail: str
@@ -229,7 +269,7 @@ class Alarm:
 _SELECT_OUTBOX: Final = (
     "SELECT seq, record_id, message_id, created_at, token_id, recipients, message_type, body, "
     "expires_in_s, trace_id, state, attempts, next_attempt_at, last_reason, envelope, "
-    "expires_at, receipt FROM outbox "
+    "expires_at, receipt, parent_span_id FROM outbox "
 )
 
 
@@ -252,6 +292,7 @@ def _outbox_row(r: sqlite3.Row) -> OutboxRow:
         envelope=r[14],
         expires_at=r[15],
         receipt=r[16],
+        parent_span_id=r[17],
     )
 
 
@@ -326,7 +367,8 @@ class AdapterStore:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO outbox (record_id, message_id, created_at, token_id, "
                     "recipients, message_type, body, expires_in_s, trace_id, state, "
-                    "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                    "next_attempt_at, parent_span_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                     (
                         row.record_id,
                         row.message_id,
@@ -338,6 +380,7 @@ class AdapterStore:
                         row.expires_in_s,
                         row.trace_id,
                         now,
+                        row.parent_span_id,
                     ),
                 )
                 if cur.rowcount:
@@ -656,6 +699,39 @@ class AdapterStore:
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
+
+    # -- processing log ------------------------------------------------------------------
+
+    def add_processing_records(self, rows: Sequence[ProcessingRow]) -> int:
+        """Keep processing-log records in one transaction; a span id already kept is left as
+        it is (records are never changed). Returns how many were new."""
+        added = 0
+        with self.transaction() as db:
+            for row in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO processing_log (span_id, trace_id, operation, "
+                    "message_id, token_id, data_subject_id, end_ms, record) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.span_id,
+                        row.trace_id,
+                        row.operation,
+                        row.message_id,
+                        row.token_id,
+                        row.data_subject_id,
+                        row.end_ms,
+                        row.record,
+                    ),
+                )
+                added += cur.rowcount
+        return added
+
+    def processing_records(self, since_ms: int = 0) -> list[str]:
+        """The exported JSON lines of records ending at or after ``since_ms``, in write order."""
+        rows = self._db.execute(
+            "SELECT record FROM processing_log WHERE end_ms >= ? ORDER BY seq", (since_ms,)
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     # -- alarms --------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """``ketenpost serve``, ``ketenpost store migrate`` and ``ketenpost audit verify``.
 
+``audit subject`` and ``audit verify-report`` live in ``gateway.cli_subject`` and are
+registered beside ``audit verify`` here.
+
 Rules kept here (house rule 10): data to stdout, ``ketenpost: error: <one line>`` to stderr;
 exit 0 on success, 2 for a bad configuration (as ``config check``), 1 for any other failure
 (a store that cannot be opened, an audit log that does not verify).
@@ -20,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from gateway import cli_subject
 from gateway.audit import AuditVerifyError, verify_log
 from gateway.config import GatewayConfig, apply_cli_overrides, load_config
 from gateway.errors import ConfigError
@@ -76,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _config_arg(verify)
     verify.add_argument("--store", metavar="URL", help="store URL (overrides the config)")
     verify.set_defaults(handler=run_audit_verify)
+    cli_subject.register(averbs, _config_arg)
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,91 @@
+"""``ketenpost adapter processing-log --config DIR/partners/ID/adapter.toml [--since WHEN]``.
+
+Prints the adapter's processing-log records (Logboek Dataverwerkingen, see
+``adapters.processing_log``) as JSON lines on stdout, oldest first, for the partner's own
+Logboek or its privacy officer. Reads ``adapter.db`` only; a running adapter may keep writing.
+
+House rule 10: data to stdout, ``ketenpost: error: <one line>`` to stderr; exit 2 for a bad
+configuration or ``--since``, 1 when the store cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+from typing import Final
+
+from adapters.config import load_adapter_config
+from adapters.errors import AdapterConfigError, AdapterError
+from adapters.outbox import AdapterStore
+
+PROG: Final = "ketenpost"
+EXIT_FAILED: Final = 1
+EXIT_BAD_CONFIG: Final = 2
+
+EXAMPLES: Final = """\
+examples:
+  ketenpost adapter processing-log --config covenant/partners/halt/adapter.toml > halt.jsonl
+  ketenpost adapter processing-log --config covenant/partners/halt/adapter.toml \\
+      --since 2026-03-01
+  ketenpost adapter processing-log --config covenant/partners/halt/adapter.toml \\
+      --since 2026-03-01T12:00:00+01:00
+"""
+
+
+def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    log = verbs.add_parser(
+        "processing-log",
+        help="print the processing log (Logboek Dataverwerkingen) as JSON lines",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    log.add_argument("--config", required=True, type=Path, metavar="FILE")
+    log.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only records that ended at or after WHEN: ISO 8601 date or time (UTC unless "
+        "an offset is given) or Unix seconds",
+    )
+    log.set_defaults(handler=run_processing_log)
+
+
+def parse_since(value: str | None) -> int:
+    """``--since`` as milliseconds since the epoch (0 for none); ``ValueError`` if unreadable."""
+    if not value:
+        return 0
+    if value.isdigit():
+        return int(value) * 1000
+    moment = datetime.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def run_processing_log(args: argparse.Namespace) -> int:
+    try:
+        since = parse_since(args.since)
+    except ValueError:
+        print(f"{PROG}: error: --since: not a date, time or Unix seconds", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        config = load_adapter_config(args.config)
+    except AdapterConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    path = config.path(config.store.path)
+    if not path.exists():
+        print(f"{PROG}: error: {path}: no adapter store (has the adapter run?)", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        store = AdapterStore(path)
+    except AdapterError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        for line in store.processing_records(since):
+            sys.stdout.write(line + "\n")
+    finally:
+        store.close()
+    return 0
