@@ -5,6 +5,15 @@ Rules kept here:
 * Imports ``gateway.protocol`` and ``keys`` only, never the relay service (DESIGN.md).
 * mTLS with ``keys.tlsidentity.client_context``: the partner's certificate, only the covenant's
   trust anchors, host name checked. ``HTTPS_PROXY`` is honoured (``trust_env``).
+* **The gateway's key is pinned**, not only its chain: with a ``peer_check`` every connection
+  is checked before a request is written to it — a new one, one reused from the pool, one
+  made after a reconnect — by handing the server certificate (DER) to ``peer_check``, which
+  raises ``GatewayIdentityError`` to refuse (the engine checks it against the directory's
+  gateway ``tls`` key). A refused connection is closed, never pooled; nothing is sent on it.
+  A trust anchor that mis-issues a certificate for the gateway's name therefore cannot
+  impersonate the gateway. Only ``GET /v1/directory`` goes over an unpinned session of its
+  own: the bundle authenticates itself (threshold signatures, versions, the key authority's
+  timestamp), and fetching it is how a rotated gateway TLS key is learned.
 * Refusals arrive as problem+json; a transient one (``transient: true``, or a 429/503 without a
   document) is retried with bounded exponential backoff, waiting at least ``Retry-After``; a
   final one, or the last transient one, raises ``RefusedError`` carrying the ``Reason``.
@@ -18,16 +27,21 @@ import asyncio
 import base64
 import json
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
 from adapters.errors import AdapterError
 from gateway.protocol.envelope import CONTENT_TYPE as ENVELOPE_CONTENT_TYPE
 from gateway.protocol.reasons import Reason
+from keys import CertificateError
+from keys.tlsidentity import peer_certificate_der
 
 TOKEN_CONTENT_TYPE: Final = "application/vnd.ketenpost.token+msgpack"
 REVOCATION_CONTENT_TYPE: Final = "application/vnd.ketenpost.revocation+msgpack"
@@ -56,6 +70,51 @@ class RefusedError(AdapterError):
 
 class GatewayUnreachableError(AdapterError):
     """The gateway could not be reached (connection or TLS failure) after the retries."""
+
+
+class GatewayIdentityError(GatewayUnreachableError):
+    """The server reached is not the gateway the directory names (its certificate's key is not
+    the gateway's ``tls`` key): the connection was closed and nothing was sent on it. A kind
+    of unreachable, so every caller that waits for the gateway waits for the real one."""
+
+
+PeerCheck = Callable[[bytes], Awaitable[None]]
+"""Called with the server certificate (DER) of every connection before it is used; raises
+``GatewayIdentityError`` to refuse the server."""
+
+
+class _PinnedConnector(aiohttp.TCPConnector):
+    """A ``TCPConnector`` that runs ``check`` on every connection it hands out, pooled or new.
+
+    ``connect`` is where aiohttp hands a connection to a request, after the TLS handshake and
+    before a byte of the request is written; checking there covers reused connections (whose
+    handshake an older directory judged) and new ones after a reconnect alike.
+    """
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, check: PeerCheck) -> None:
+        super().__init__(ssl=ssl_context)
+        self._check = check
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature, overridden
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        try:
+            transport = connection.transport
+            ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+            try:
+                der = peer_certificate_der(ssl_object)
+            except CertificateError as exc:
+                raise GatewayIdentityError(f"no gateway certificate to check: {exc}") from None
+            await self._check(der)
+        except BaseException:
+            # Closed, not released: a refused server's connection must not go back to the pool.
+            connection.close()
+            raise
+        return connection
 
 
 @dataclass(frozen=True)
@@ -106,18 +165,30 @@ class GatewayClient:
         attempts: int = DEFAULT_ATTEMPTS,
         backoff_s: float = 0.2,
         timeout_s: float = 60.0,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._ssl = ssl_context
         self._attempts = max(1, attempts)
         self._backoff = backoff_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._peer_check = peer_check
         self._session: aiohttp.ClientSession | None = None
+        # The unpinned session for the self-authenticating directory bundle (see the module
+        # rules); ``None`` without a ``peer_check``, when ``_session`` is unpinned itself.
+        self._courier: aiohttp.ClientSession | None = None
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=connector, trust_env=True, timeout=self._timeout)
 
     async def __aenter__(self) -> GatewayClient:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl), trust_env=True, timeout=self._timeout
+        if self._peer_check is None:
+            self._session = self._new_session(aiohttp.TCPConnector(ssl=self._ssl))
+            return self
+        self._session = self._new_session(
+            _PinnedConnector(ssl_context=self._ssl, check=self._peer_check)
         )
+        self._courier = self._new_session(aiohttp.TCPConnector(ssl=self._ssl))
         return self
 
     async def __aexit__(
@@ -129,9 +200,10 @@ class GatewayClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._courier):
+            if session is not None:
+                await session.close()
+        self._session = self._courier = None
 
     # -- transport -------------------------------------------------------------------------
 
@@ -144,14 +216,16 @@ class GatewayClient:
         payload: Any = None,
         content_type: str | None = None,
         params: dict[str, str] | None = None,
+        pinned: bool = True,
     ) -> tuple[int, bytes, str]:
-        if self._session is None:
+        session = self._session if pinned or self._courier is None else self._courier
+        if session is None:
             raise AdapterError("use the client inside 'async with'")
         headers = {"Content-Type": content_type} if content_type else {}
         last: RefusedError | None = None
         for attempt in range(self._attempts):
             try:
-                async with self._session.request(
+                async with session.request(
                     method,
                     self._base + path,
                     data=data,
@@ -163,7 +237,7 @@ class GatewayClient:
                     if response.status < 400:
                         return response.status, body, response.content_type
                     last = self._refusal(response.status, body, response.headers)
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 if attempt == self._attempts - 1:
                     raise GatewayUnreachableError(f"gateway unreachable: {exc}") from exc
                 await asyncio.sleep(min(MAX_BACKOFF_S, self._backoff * 2**attempt))
@@ -273,8 +347,11 @@ class GatewayClient:
         return doc
 
     async def directory_bundle(self) -> bytes:
-        """GET /v1/directory: the bundle JSON (``keys.signed_directory.decode_bundle``)."""
-        _status, body, _ctype = await self._request("GET", "/v1/directory")
+        """GET /v1/directory: the bundle JSON (``keys.signed_directory.decode_bundle``).
+
+        Over the unpinned session: the caller verifies the bundle itself, and this is how a
+        rotated gateway ``tls`` key reaches a partner whose pin no longer matches."""
+        _status, body, _ctype = await self._request("GET", "/v1/directory", pinned=False)
         return body
 
     async def checkpoint(self) -> str:

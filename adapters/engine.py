@@ -19,10 +19,23 @@ Rules kept here:
   message-specific transient refusal only delays that row. Backoff is durable
   (``next_attempt_at``), exponential, and at least ``Retry-After``. A final refusal marks the
   row ``refused`` and is reported to the partner system (``Destination.report_refusal``).
+* **The gateway is pinned.** Every request goes over a connection whose server certificate
+  was checked just before (``GatewayClient``'s ``peer_check``) against the directory's gateway
+  ``tls`` key; on a mismatch the directory is refreshed once (the key may have rotated) and
+  the server is judged again. A server that still fails gets nothing: an alarm
+  (``gateway_identity``), and ``GatewayIdentityError``, a kind of unreachable, so every step
+  waits and retries exactly as for a gateway that is down.
 * **Acceptance receipts** are verified completely: the gateway's signature with the
   directory's gateway key, the message id and header hash, the checkpoint's signature and
-  origin, the tree size, and the inclusion proof of the leaf against the checkpoint's root. A
-  receipt that fails is an alarm and leaves the row ``disputed``, never ``accepted``.
+  origin, the tree size, and the inclusion proof of **our own** leaf against the checkpoint's
+  root: the receipt carries the acceptance audit entry and its salt, the entry must be the
+  ``accepted`` entry of the header we sent (``receipts.acceptance_leaf``), and the leaf is
+  computed from them — no request to the gateway. A receipt that fails is an alarm and leaves
+  the row ``disputed``, never ``accepted``. A receipt made before receipts carried the entry
+  is checked against the leaf ``GET /v1/audit/proof`` serves; when that fetch fails the row is
+  ``accepted`` with its inclusion **pending** (``adapters.witness.PendingInclusions``),
+  checked again with bounded backoff, an alarm when the retries run out, and ``disputed`` only
+  when the gateway answers with a proof that is wrong.
 * **Inbound**, per delivery and in this order: already processed → send the same signed answer
   again; open (``open_envelope`` with every encrypt key held: sender key at the gateway's
   ``accepted_at``, expiry, own kid listed, key commitment before decrypting, inner signature,
@@ -43,6 +56,10 @@ Rules kept here:
 * **Sender events** are verified (gateway signature; the recipient's own signature on an
   embedded receipt or rejection) before their outcome is recorded per outbox row and acked.
   Rejections, expiries and purges are reported to the partner system.
+* **After a gateway restore** (``recheck_after_restore``): a witness alarm on the head asks,
+  durably, to look up every accepted row not yet answered by all recipients; one the gateway
+  answers ``unknown_message`` for is resubmitted with the same bytes (docs/operations.md,
+  "Backup and restore"). The alarm itself stays until an operator clears it.
 * **Alarms** (bad receipt, witness inconsistency, refused directory, stale directory, forged
   event, undecodable delivery) are persisted in ``adapter.db``, counted, logged, and turn
   ``/healthz`` red until an operator clears them.
@@ -86,14 +103,27 @@ from adapters.base import (
     SystemClock,
     Transport,
 )
-from adapters.client import GatewayClient, GatewayUnreachableError, InboxDelivery, RefusedError
+from adapters.client import (
+    GatewayClient,
+    GatewayIdentityError,
+    GatewayUnreachableError,
+    InboxDelivery,
+    RefusedError,
+)
 from adapters.config import AdapterConfig
 from adapters.directory import DirectoryKeeper, DirectoryUnavailableError
 from adapters.errors import AdapterError
 from adapters.metrics import AdapterMetrics
 from adapters.outbox import AdapterStore, NewOutbound, OutboxRow, TokenRow
 from adapters.processing_log import ProcessingLog
-from adapters.witness import CheckpointInvalidError, Witness, WitnessAlarm
+from adapters.witness import (
+    CheckpointInvalidError,
+    PendingInclusion,
+    PendingInclusions,
+    Witness,
+    WitnessAlarm,
+)
+from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.envelope import (
     Envelope,
     EnvelopeError,
@@ -122,9 +152,11 @@ from gateway.protocol.messages import (
 from gateway.protocol.policy import policy_from_directory
 from gateway.protocol.reasons import Reason, RejectionReason
 from gateway.protocol.receipts import (
+    AcceptanceReceipt,
     DeliveryReceipt,
     Rejection,
     SenderEventKind,
+    acceptance_leaf,
     sign_delivery_receipt,
     sign_rejection,
     verify_acceptance_receipt,
@@ -144,12 +176,15 @@ from gateway.protocol.token import (
     verify_token_signature,
 )
 from gateway.protocol.types import MessageType
-from keys import Directory, Ed25519KeyPair, HybridKemKeyPair, KeyUse
+from keys import CertificateError, Directory, Ed25519KeyPair, HybridKemKeyPair, KeyUse
 from keys.deployment import read_outbox_key
 from keys.keyfile import PassphraseSource, load_ed25519_key, load_encrypt_key, resolve_passphrase
-from keys.tlsidentity import TlsFiles, client_context
+from keys.tlsidentity import TlsFiles, check_gateway_certificate, client_context
 
 logger = logging.getLogger("adapters.engine")
+
+# The ``adapter.db`` setting that asks for ``recheck_after_restore`` (set on a witness alarm).
+RESTORE_RECHECK_SETTING: Final = "restore_recheck"
 
 # Refusals that a directory refresh and a reseal (same message id) may cure.
 KEY_RELATED: Final = frozenset(
@@ -195,6 +230,7 @@ _ENVELOPE_REJECTION: Final[Mapping[EnvelopeReason, RejectionReason]] = {
 LOCAL_REFUSALS: Final = frozenset({Reason.NO_TOKEN.value, "cannot_seal"})
 _SIGNED_DECODER: Final = msgspec.msgpack.Decoder(SignedObject)
 _ENVELOPE_DECODER: Final = msgspec.msgpack.Decoder(Envelope)
+_RECEIPT_DECODER: Final = msgspec.msgpack.Decoder(AcceptanceReceipt)
 
 
 class FaultPoint(enum.StrEnum):
@@ -214,6 +250,7 @@ class AlarmKind(enum.StrEnum):
     DIRECTORY_STALE = "directory_stale"
     SENDER_EVENT = "sender_event"
     DELIVERY = "delivery"
+    GATEWAY_IDENTITY = "gateway_identity"
 
 
 @dataclass(frozen=True)
@@ -233,6 +270,9 @@ class EngineSettings:
     origin: str | None = None
     # host:port of the plain-HTTP /metrics and /healthz listener; ``None``: none.
     metrics_listen: str | None = None
+    # Checks of a pending inclusion proof (an old receipt whose leaf could not be fetched)
+    # before an alarm; spaced like send retries (``backoff_base_s`` doubling, capped).
+    inclusion_attempts: int = 10
 
 
 @dataclass(frozen=True)
@@ -294,6 +334,10 @@ class ReceiptInvalidError(AdapterError):
     """An acceptance receipt failed verification."""
 
 
+class _InclusionPending(Exception):
+    """The leaf to check a receipt's inclusion proof against could not be fetched (yet)."""
+
+
 @dataclass
 class PassResult:
     """What one ``send_once``/``receive_once`` did (for tests and logs)."""
@@ -345,6 +389,22 @@ def _require(condition: bool, message: str) -> None:
 
 def _b64(value: str) -> bytes:
     return base64.b64decode(value, validate=True)
+
+
+def _check_inclusion(leaf: bytes, receipt: AcceptanceReceipt, root: bytes) -> None:
+    """The receipt's inclusion proof leads from ``leaf`` to ``root``; ``ReceiptInvalidError``."""
+    try:
+        verify_inclusion(
+            leaf,
+            InclusionProof(
+                leaf_index=receipt.leaf_index,
+                tree_size=receipt.tree_size,
+                hashes=receipt.inclusion_proof,
+            ),
+            root,
+        )
+    except MerkleError as exc:
+        raise ReceiptInvalidError(f"inclusion proof: {exc}") from None
 
 
 class Adapter:
@@ -408,13 +468,20 @@ class Adapter:
     def witness(self) -> Witness:
         return Witness(self.store, self.settings.origin)
 
+    @property
+    def inclusions(self) -> PendingInclusions:
+        """Accepted messages whose receipt's inclusion is still to be checked."""
+        return PendingInclusions(self.store)
+
     async def open(self) -> None:
         self._store = AdapterStore(self.config.path(self.config.store.path))
         self._plog = ProcessingLog(self._store, self.partner_id, self.current_directory)
         self.directory.load_local(self.clock.now())
         context = client_context(self.identity.tls, self._environ)
         # The engine does its own durable backoff; the client tries once per call.
-        self._client = GatewayClient(self.gateway_url, context, attempts=1)
+        self._client = GatewayClient(
+            self.gateway_url, context, attempts=1, peer_check=self._check_gateway_peer
+        )
         await self._client.__aenter__()
         self.metrics.set_outbox_depth(self.store.outbox_depth())
         await self.transport.source.start(self)
@@ -460,6 +527,41 @@ class Adapter:
             raise
         self.metrics.directory(self.directory.version, stale=False)
         return directory
+
+    async def _check_gateway_peer(self, cert_der: bytes) -> None:
+        """``GatewayClient``'s peer check, run for every connection before it carries a
+        request: the server certificate's key must be a usable ``tls`` key of the directory's
+        gateway (``check_gateway_certificate``), so a certificate a trust anchor mis-issued
+        for the gateway's name cannot impersonate it.
+
+        On a failure the directory is refreshed once — the gateway's ``tls`` key may have
+        rotated, and the bundle comes over the client's unpinned session and verifies itself
+        — and the server is judged again. Raises ``GatewayIdentityError``: after an alarm
+        (``gateway_identity``) when the certificate is not the gateway's, without one when no
+        fresh directory is at hand (``current_directory`` alarms for that).
+        """
+        stale: str | None = None
+        problem = ""
+        for attempt in range(2):
+            if attempt:
+                await self.refresh_directory()
+            try:
+                directory = self.current_directory()
+            except DirectoryUnavailableError as exc:
+                stale = f"no fresh directory to check the gateway's certificate with: {exc}"
+                continue
+            stale = None
+            try:
+                check_gateway_certificate(cert_der, directory, self.clock.now())
+            except CertificateError as exc:
+                problem = f"{exc.reason.value}: {exc}"
+                continue
+            return
+        if stale is not None:
+            raise GatewayIdentityError(stale)
+        detail = f"the server at {self.gateway_url} is not the gateway: {problem}"
+        self.alarm(AlarmKind.GATEWAY_IDENTITY, detail)
+        raise GatewayIdentityError(detail)
 
     # -- coordinator support -------------------------------------------------------------
 
@@ -667,6 +769,7 @@ class Adapter:
             stop = await self._submit(row, envelope, directory, result)
             if stop:
                 break
+        await self.recheck_inclusions()
         await self.report_refusals()
         self.metrics.set_outbox_depth(self.store.outbox_depth())
         return result
@@ -686,13 +789,14 @@ class Adapter:
         try:
             submitted = await self.client.submit(envelope)
         except GatewayUnreachableError as exc:
+            code = "gateway_identity" if isinstance(exc, GatewayIdentityError) else "unreachable"
             self.store.mark_retry(
                 row.message_id,
-                f"unreachable: {exc}",
+                f"{code}: {exc}",
                 now + self._backoff(row.attempts),
                 reseal=False,
             )
-            self.metrics.send_retry("unreachable")
+            self.metrics.send_retry(code)
             result.retried.append(row.message_id)
             return True
         except RefusedError as refusal:
@@ -718,16 +822,25 @@ class Adapter:
             result.retried.append(row.message_id)
             return refusal.reason is None or refusal.reason in GATEWAY_WIDE
         try:
-            await self._check_receipt(
+            receipt, unproven = await self._check_receipt(
                 row, envelope, submitted.receipt, submitted.leaf_index, directory
             )
         except ReceiptInvalidError as exc:
+            self.inclusions.remove(row.message_id)
             self.store.mark_disputed(row.message_id, submitted.receipt, str(exc))
             self.alarm(AlarmKind.RECEIPT, f"acceptance receipt does not verify: {exc}")
             return False
-        receipt = verify_acceptance_receipt(
-            _SIGNED_DECODER.decode(submitted.receipt), directory, now=now
-        )
+        if unproven is None:
+            self.inclusions.remove(row.message_id)
+        else:
+            # Kept before the row turns accepted: a crash in between leaves the row ``sent``,
+            # resubmitted for the same receipt, never accepted with nothing left to check.
+            self.inclusions.put(
+                PendingInclusion(row.message_id, 0, now + self._backoff(0), unproven)
+            )
+            logger.warning(
+                "inclusion_pending", extra={"message_id": row.message_id, "detail": unproven}
+            )
         self.store.mark_accepted(
             row.message_id, submitted.receipt, receipt.leaf_index, receipt.accepted_at
         )
@@ -743,10 +856,12 @@ class Adapter:
 
     async def _check_receipt(
         self, row: OutboxRow, envelope: bytes, raw: bytes, leaf_index: int, directory: Directory
-    ) -> None:
-        """Verify an acceptance receipt completely; ``ReceiptInvalidError``."""
+    ) -> tuple[AcceptanceReceipt, str | None]:
+        """Verify an acceptance receipt completely; return it, and why its inclusion is still
+        unproven (``None``: proven). Raises ``ReceiptInvalidError`` when anything is wrong."""
         now = self.clock.now()
-        digest = decode_envelope(envelope).header_hash.hex()
+        sent = decode_envelope(envelope)
+        digest = sent.header_hash.hex()
         try:
             receipt = verify_acceptance_receipt(
                 _SIGNED_DECODER.decode(raw),
@@ -760,31 +875,103 @@ class Adapter:
             raise ReceiptInvalidError(str(exc)) from None
         if checkpoint.size != receipt.tree_size or receipt.leaf_index != leaf_index:
             raise ReceiptInvalidError("the receipt's tree size or leaf index is inconsistent")
-        try:
-            proof = await self.client.inclusion_proof(receipt.leaf_index, receipt.tree_size)
-            # The leaf is a salted hash the adapter cannot recompute; what is checked is that
-            # the gateway's own log holds a leaf at this index under the signed root.
-            leaf = _b64(proof["leaf_hash"])
-        except (AdapterError, KeyError, ValueError) as exc:
-            raise ReceiptInvalidError(f"no leaf for the inclusion proof: {exc}") from None
-        try:
-            verify_inclusion(
-                leaf,
-                InclusionProof(
-                    leaf_index=receipt.leaf_index,
-                    tree_size=receipt.tree_size,
-                    hashes=receipt.inclusion_proof,
-                ),
-                checkpoint.root_hash,
-            )
-        except MerkleError as exc:
-            raise ReceiptInvalidError(f"inclusion proof: {exc}") from None
+        unproven: str | None = None
+        if receipt.entry:
+            # Our own leaf, from the entry the receipt carries once it is shown to be the
+            # acceptance of the header we sent: nothing is taken from the gateway on trust.
+            try:
+                leaf = acceptance_leaf(receipt, sent.header, digest)
+            except ReceiptError as exc:
+                raise ReceiptInvalidError(str(exc)) from None
+            _check_inclusion(leaf, receipt, checkpoint.root_hash)
+        else:
+            try:
+                await self._check_served_leaf(receipt, checkpoint.root_hash)
+            except _InclusionPending as exc:
+                unproven = str(exc)
         try:
             await self.witness.observe(checkpoint, self._consistency, now, head=False)
         except WitnessAlarm as exc:
             self.alarm(AlarmKind.WITNESS, str(exc))
         except AdapterError as exc:
             logger.warning("consistency_unchecked", extra={"detail": str(exc)})
+        return receipt, unproven
+
+    async def _check_served_leaf(self, receipt: AcceptanceReceipt, root: bytes) -> None:
+        """For a receipt without its audit entry: the leaf the gateway serves at
+        ``leaf_index`` is under the signed ``root``. That shows *a* leaf is there, not that it
+        is this message's: the salted leaf cannot be recomputed without the entry.
+
+        Raises ``_InclusionPending`` when no answer came (unreachable, a refusal: nothing
+        wrong shown yet), ``ReceiptInvalidError`` when the answer is wrong.
+        """
+        try:
+            doc = await self.client.inclusion_proof(receipt.leaf_index, receipt.tree_size)
+        except (GatewayUnreachableError, RefusedError) as exc:
+            raise _InclusionPending(f"no leaf for the inclusion proof yet: {exc}") from None
+        except ValueError as exc:  # a 2xx that is not JSON
+            raise ReceiptInvalidError(f"the gateway's proof answer: {exc}") from None
+        try:
+            leaf = _b64(doc["leaf_hash"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReceiptInvalidError(f"the gateway's proof answer has no leaf: {exc!r}") from None
+        _check_inclusion(leaf, receipt, root)
+
+    async def recheck_inclusions(self) -> int:
+        """Check again the inclusion of receipts accepted with it pending, those due now.
+
+        Proven: the entry goes. A wrong answer: the row becomes ``disputed``, with an alarm.
+        Still no answer: the next check is backed off; after
+        ``settings.inclusion_attempts`` failed checks an alarm is raised and the entry is kept,
+        marked abandoned, as the record. A row no longer ``accepted`` (resubmitted after a
+        restore: its new receipt is checked on its own) leaves the set. Returns how many
+        were settled (proven or disputed).
+        """
+        now = self.clock.now()
+        pending = self.inclusions
+        settled = 0
+        for item in pending.due(now):
+            row = self.store.outbox_row(item.message_id)
+            if row is None or row.state != "accepted" or row.receipt is None:
+                pending.remove(item.message_id)
+                continue
+            # Our own stored bytes, verified when they arrived: only the root is needed now.
+            receipt = _RECEIPT_DECODER.decode(_SIGNED_DECODER.decode(row.receipt).payload)
+            try:
+                await self._check_served_leaf(
+                    receipt, parse_checkpoint(receipt.checkpoint).root_hash
+                )
+            except _InclusionPending as exc:
+                attempts = item.attempts + 1
+                abandoned = attempts >= self.settings.inclusion_attempts
+                pending.put(
+                    PendingInclusion(
+                        item.message_id,
+                        attempts,
+                        now + self._backoff(attempts),
+                        str(exc),
+                        abandoned=abandoned,
+                    )
+                )
+                if abandoned:
+                    self.alarm(
+                        AlarmKind.RECEIPT,
+                        f"the inclusion of {item.message_id} in the audit log is unverified "
+                        f"after {attempts} attempts: {exc}",
+                    )
+                continue
+            except ReceiptInvalidError as exc:
+                pending.remove(item.message_id)
+                self.store.mark_disputed(row.message_id, row.receipt, str(exc))
+                self.alarm(
+                    AlarmKind.RECEIPT,
+                    f"acceptance receipt of {item.message_id} does not verify: {exc}",
+                )
+                settled += 1
+                continue
+            pending.remove(item.message_id)
+            settled += 1
+        return settled
 
     async def report_refusals(self) -> None:
         """Tell the partner system about final refusals not yet reported (idempotent)."""
@@ -1197,8 +1384,41 @@ class Adapter:
             await self.witness.observe(checkpoint, self._consistency, now, head=True)
         except WitnessAlarm as exc:
             self.alarm(AlarmKind.WITNESS, str(exc))
+            # The head may be that of a store restored from a backup: recheck, durably, what
+            # the gateway acknowledged (``recheck_after_restore``).
+            self.store.set_setting(RESTORE_RECHECK_SETTING, str(now))
             return
         self.metrics.witnessed(checkpoint.size)
+
+    async def recheck_after_restore(self) -> int:
+        """After a witness alarm on the head (a restored gateway shows a smaller or another
+        tree): every ``accepted`` row not yet answered by all its recipients is looked up with
+        ``GET /v1/messages/{id}``; one the gateway no longer knows (``unknown_message``) goes
+        back to the send queue with its **same bytes** (state ``sent``), so the next pass
+        resubmits it and keeps the new receipt. Recipients apply a message once whatever the
+        number of deliveries (inbound idempotency). The flag is cleared only after every row
+        was checked, so a crash or an unreachable gateway means checking again. Returns how
+        many rows were put back."""
+        if not self.store.setting(RESTORE_RECHECK_SETTING):
+            return 0
+        requeued = 0
+        for row in self.store.outbox():
+            if row.state != "accepted" or row.envelope is None or row.expires_at is None:
+                continue
+            if set(self.store.outcomes(row.message_id)) >= set(row.recipients):
+                continue
+            try:
+                await self.client.message_status(row.message_id)
+            except RefusedError as exc:
+                if exc.reason is not Reason.UNKNOWN_MESSAGE:
+                    raise
+                self.store.mark_sealed(row.message_id, row.envelope, row.expires_at)
+                requeued += 1
+                logger.warning("resubmit_after_restore", extra={"message_id": row.message_id})
+        self.store.set_setting(RESTORE_RECHECK_SETTING, "")
+        if requeued:
+            self._wake.set()
+        return requeued
 
     # -- health --------------------------------------------------------------------------
 
@@ -1253,6 +1473,7 @@ class Adapter:
 
     async def _outbound_step(self) -> None:
         await self.ingest_once()
+        await self.recheck_after_restore()
         await self.send_once()
 
     async def _inbound_step(self) -> None:

@@ -14,11 +14,20 @@ Rules kept here:
   largest one (receipts are returned again for a resubmitted envelope).
 * Consistency proofs come from the gateway, which is the party being checked; a proof it cannot
   give (an error answer) is not an inconsistency but is retried at the next observation.
+* **Inclusion pending.** An acceptance receipt without its audit entry (made before receipts
+  carried one) is checked against the leaf the gateway serves at ``leaf_index``. When that
+  fetch fails (unreachable, a refusal) nothing wrong has been shown: the row is ``accepted``
+  and its message id is kept in ``PendingInclusions`` to be checked again with bounded
+  retries. Only an answer that is wrong (a proof that does not lead to the signed root, a
+  malformed answer) makes a row ``disputed``. The pending set is one JSON document in
+  ``adapter.db``'s settings, written in one statement, so it survives a restart.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
 
 from adapters.errors import AdapterError
 from adapters.outbox import AdapterStore, CheckpointRow
@@ -32,6 +41,7 @@ from gateway.protocol.merkle import ConsistencyProof, MerkleError, verify_consis
 from keys import Directory, KeyUse
 
 ORIGIN_SETTING = "checkpoint_origin"
+INCLUSION_SETTING = "inclusion_pending"
 
 ConsistencyFetch = Callable[[int, int], Awaitable[Sequence[bytes]]]
 
@@ -122,3 +132,52 @@ class Witness:
             raise WitnessAlarm(
                 f"tree {new_size} is not consistent with tree {old_size}: {exc}"
             ) from None
+
+
+@dataclass(frozen=True)
+class PendingInclusion:
+    """An accepted message whose receipt's inclusion proof is still to be checked.
+
+    ``attempts`` counts failed checks; ``abandoned`` is set when the retries ran out (an alarm
+    was raised then); the entry stays as the record of it.
+    """
+
+    message_id: str
+    attempts: int
+    next_check_at: int
+    detail: str
+    abandoned: bool = False
+
+
+class PendingInclusions:
+    """The "accepted, inclusion pending" set in ``store`` (see the module rules)."""
+
+    def __init__(self, store: AdapterStore) -> None:
+        self._store = store
+
+    def _load(self) -> dict[str, PendingInclusion]:
+        raw = self._store.setting(INCLUSION_SETTING)
+        items = json.loads(raw) if raw else []
+        return {item["message_id"]: PendingInclusion(**item) for item in items}
+
+    def _save(self, items: dict[str, PendingInclusion]) -> None:
+        self._store.set_setting(
+            INCLUSION_SETTING, json.dumps([asdict(i) for i in items.values()], sort_keys=True)
+        )
+
+    def all(self) -> list[PendingInclusion]:
+        return list(self._load().values())
+
+    def due(self, now: int) -> list[PendingInclusion]:
+        """Entries not abandoned whose next check is due at ``now``."""
+        return [i for i in self._load().values() if not i.abandoned and i.next_check_at <= now]
+
+    def put(self, item: PendingInclusion) -> None:
+        items = self._load()
+        items[item.message_id] = item
+        self._save(items)
+
+    def remove(self, message_id: str) -> None:
+        items = self._load()
+        if items.pop(message_id, None) is not None:
+            self._save(items)

@@ -727,15 +727,46 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, over all cores (Linux
+    ``/proc/stat``; zeros elsewhere). Busy is everything but idle and iowait."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    ticks = [int(f) for f in fields]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    # guest time is already counted in user; the first 8 fields are the whole.
+    total = sum(ticks[:8])
+    return (total - idle) / hz, total / hz
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class CpuShares:
+    """CPU seconds spent during the measured phase: by the gateway, by the load generator
+    (this process), and by the whole machine (busy and in total, over all cores)."""
+
+    gateway_s: float
+    loadgen_s: float
+    machine_busy_s: float
+    machine_total_s: float
+
+
 async def measure_relay(
     covenant: Covenant,
     gateway: GatewayProcess,
     settings: BenchSettings,
     token: RegisteredToken,
     sealed: Sequence[Sealed],
-) -> tuple[RelayRun, float, int, float]:
+) -> tuple[RelayRun, float, int, CpuShares]:
     """Run warm-up then the measured phase. Returns the run, its seconds, the measured
-    message count and the gateway's CPU seconds during the measured phase."""
+    message count and the CPU spent during the measured phase."""
     load = RelayLoad(covenant, gateway.url, settings, sealed)
     await load.register(token)
     warmup = min(len(sealed) // 10, settings.senders * 4)
@@ -749,8 +780,16 @@ async def measure_relay(
             await load.phase(sender, sealed[:warmup])
             load.run.accept_ms.clear()
             cpu_before = gateway.cpu_seconds()
+            own_before = _own_cpu_seconds()
+            busy_before, total_before = machine_cpu_seconds()
             elapsed = await load.phase(sender, sealed[warmup:])
-            cpu = gateway.cpu_seconds() - cpu_before
+            busy_after, total_after = machine_cpu_seconds()
+            cpu = CpuShares(
+                gateway_s=gateway.cpu_seconds() - cpu_before,
+                loadgen_s=_own_cpu_seconds() - own_before,
+                machine_busy_s=busy_after - busy_before,
+                machine_total_s=total_after - total_before,
+            )
         finally:
             load.stopping = True
             for task in background:
@@ -821,11 +860,9 @@ async def run_bench(settings: BenchSettings, workdir: Path) -> dict[str, Any]:
     gateway.start()
     try:
         await gateway.wait_ready()
-        load_cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-        run, elapsed, measured, gateway_cpu = await measure_relay(
+        run, elapsed, measured, cpu = await measure_relay(
             covenant, gateway, settings, token, sealed
         )
-        load_cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     finally:
         exit_code = gateway.stop()
     if exit_code != 0:
@@ -842,9 +879,11 @@ async def run_bench(settings: BenchSettings, workdir: Path) -> dict[str, Any]:
     )
     to_receipt = [max(0.0, (run.receipted_at[m] - t) * 1000) for m, t in run.accepted_at.items()]
     relay_rate = measured / elapsed
-    load_cpu = (load_cpu_after.ru_utime + load_cpu_after.ru_stime) - (
-        load_cpu_before.ru_utime + load_cpu_before.ru_stime
-    )
+    cores = os.cpu_count() or 1
+    # Of the machine's CPU during the measured phase (all cores = 1.0): the gateway, the load
+    # generator, and everything else (other work on a shared machine).
+    machine_total = cpu.machine_total_s or elapsed * cores
+    other = max(0.0, cpu.machine_busy_s - cpu.gateway_s - cpu.loadgen_s)
     accept_p99 = percentile(run.accept_ms, 99)
     return {
         "relay_msgs_per_s": _round(relay_rate, 1),
@@ -865,8 +904,17 @@ async def run_bench(settings: BenchSettings, workdir: Path) -> dict[str, Any]:
         "receipt_posts": run.receipt_posts,
         "sender_events_acked": run.events_acked,
         "refused": run.refused,
-        "gateway_cpu_s_per_1000_msgs": _round(gateway_cpu / measured * 1000, 3),
-        "loadgen_cpu_s_per_1000_msgs": _round(load_cpu / measured * 1000, 3),
+        "gateway_cpu_s_per_1000_msgs": _round(cpu.gateway_s / measured * 1000, 3),
+        "loadgen_cpu_s_per_1000_msgs": _round(cpu.loadgen_s / measured * 1000, 3),
+        # Cores in use on average during the measured phase, and shares of the machine.
+        "gateway_cores": _round(cpu.gateway_s / elapsed),
+        "loadgen_cores": _round(cpu.loadgen_s / elapsed),
+        "cpu_share": {
+            "gateway": _round(cpu.gateway_s / machine_total, 3),
+            "loadgen": _round(cpu.loadgen_s / machine_total, 3),
+            "other_processes": _round(other / machine_total, 3),
+            "idle": _round(max(0.0, 1 - cpu.machine_busy_s / machine_total), 3),
+        },
         "seals_per_s": _round(crypto.seals_per_s, 1),
         "opens_per_s": _round(crypto.opens_per_s, 1),
         "verify_per_s": _round(crypto.verify_per_s, 1),

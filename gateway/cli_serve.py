@@ -1,5 +1,8 @@
 """``ketenpost serve``, ``ketenpost store migrate`` and ``ketenpost audit verify``.
 
+``store backup`` and ``store restore`` live in ``gateway.cli_store`` and are registered beside
+``store migrate`` here.
+
 ``audit subject`` and ``audit verify-report`` live in ``gateway.cli_subject`` and are
 registered beside ``audit verify`` here.
 
@@ -23,11 +26,12 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from gateway import cli_subject
+from gateway import cli_store, cli_subject
 from gateway.audit import AuditVerifyError, verify_log
 from gateway.config import GatewayConfig, apply_cli_overrides, load_config
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
+from gateway.published import PublishedError, RestoreRefusedError
 from gateway.server import make_store, serve
 from gateway.signer import GatewaySigner
 from gateway.store.errors import StoreError
@@ -56,6 +60,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="store URL: sqlite:///ABSOLUTE/PATH or postgresql://USER@HOST:PORT/DB "
         "(password from KETENPOST_STORE__PASSWORD_FILE)",
     )
+    s.add_argument(
+        "--after-restore",
+        action="store_true",
+        help="serve a store restored from a backup (older than the published checkpoint): "
+        "records a signed restore event in the audit log; once, never in a unit file",
+    )
+    s.add_argument(
+        "--published-state",
+        type=Path,
+        metavar="FILE",
+        help="where the restore guard keeps the highest published checkpoint "
+        "(default: <sqlite file>.published; PostgreSQL: no guard unless given)",
+    )
     s.set_defaults(handler=run_serve)
 
     store = subparsers.add_parser("store", help="store maintenance")
@@ -69,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     migrate.add_argument("--store", metavar="URL", help="store URL (overrides the config)")
     migrate.add_argument("--dry-run", action="store_true", help="list, apply nothing")
     migrate.set_defaults(handler=run_migrate)
+    cli_store.register(verbs, _config_arg)
 
     audit = subparsers.add_parser("audit", help="audit log")
     averbs = audit.add_subparsers(dest="audit_command", required=True, metavar="VERB")
@@ -112,10 +130,16 @@ def run_serve(args: argparse.Namespace) -> int:
         return _error(exc, EXIT_BAD_CONFIG)
     configure_logging(config.log.level)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(
+            serve(
+                config,
+                after_restore=args.after_restore,
+                published_state=args.published_state,
+            )
+        )
     except ConfigError as exc:
         return _error(exc, EXIT_BAD_CONFIG)
-    except (KeysError, StoreError, OSError) as exc:
+    except (KeysError, StoreError, OSError, RestoreRefusedError, PublishedError) as exc:
         return _error(exc, EXIT_FAILED)
     return 0
 

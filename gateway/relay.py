@@ -136,6 +136,9 @@ NO_TOKEN_ID: Final = "0" * 32
 NO_CERTIFICATE: Final = "no-certificate"
 # How many verified token signatures to keep (one per live approach is plenty).
 TOKEN_CACHE_SIZE: Final = 4096
+# Most client certificates whose identity is remembered within one second (see
+# ``_IdentityMemo``); more callers than this in one second are simply identified again.
+IDENTITY_MEMO_SIZE: Final = 1024
 
 _ENVELOPE_REASONS: Final = {
     EnvelopeReason.TOO_LARGE: Reason.ENVELOPE_TOO_LARGE,
@@ -258,6 +261,46 @@ def _tls_identity(cert_der: bytes | None) -> str:
     return spki_kid(spki)
 
 
+class _IdentityMemo:
+    """Results of ``identify_peer`` for the current directory and the current second only.
+
+    ``identify_peer(cert_der, directory, now)`` is a pure function of its three arguments (the
+    certificate bytes, an immutable directory, the second ``now``): this memo answers only a
+    call with exactly the same three, so it returns what the call would return and skips no
+    check. A new directory (another object, whatever its version) or a new second empties it;
+    refusals are never kept. See docs/adr/0008-peer-identity-memo.md.
+    """
+
+    def __init__(self) -> None:
+        self._directory: Directory | None = None
+        self._version = -1
+        self._now = -1
+        self._partners: dict[bytes, Partner] = {}
+
+    def get(self, cert_der: bytes, directory: Directory, now: int) -> Partner | None:
+        if (
+            directory is not self._directory
+            or directory.version != self._version
+            or now != self._now
+        ):
+            self._partners.clear()
+            self._directory = directory
+            self._version = directory.version
+            self._now = now
+            return None
+        return self._partners.get(cert_der)
+
+    def put(self, cert_der: bytes, directory: Directory, now: int, partner: Partner) -> None:
+        # Bounded: one entry per distinct client certificate seen within one second.
+        if (
+            directory is self._directory
+            and directory.version == self._version
+            and now == self._now
+            and len(self._partners) < IDENTITY_MEMO_SIZE
+        ):
+            self._partners[cert_der] = partner
+
+
 class Relay:
     """The relay service's decisions over one store, one directory source and one clock."""
 
@@ -279,6 +322,9 @@ class Relay:
         # Verified token signatures by token hash: the one cache the design allows.
         self._token_cache: OrderedDict[str, ApproachToken] = OrderedDict()
         self._policies: dict[str, Policy] = {}
+        self._hashed_directory: Directory | None = None
+        self._hashed_policy = ""
+        self._identities = _IdentityMemo()
 
     # -- identity ------------------------------------------------------------------------
 
@@ -288,11 +334,16 @@ class Relay:
             raise Refusal(Reason.UNKNOWN_SENDER, "no client certificate")
         try:
             directory = self.directories.last()
-            return identify_peer(cert_der, directory, now)
+            known = self._identities.get(cert_der, directory, now)
+            if known is not None:
+                return known
+            partner = identify_peer(cert_der, directory, now)
         except CertificateError as exc:
             raise Refusal(Reason.UNKNOWN_SENDER, str(exc)) from None
         except DirectoryError as exc:
             raise Refusal(Reason.DIRECTORY_EXPIRED, str(exc)) from None
+        self._identities.put(cert_der, directory, now, partner)
+        return partner
 
     # -- the relay decision --------------------------------------------------------------
 
@@ -359,13 +410,24 @@ class Relay:
                 token_id=header.token_id,
                 message_type=header.message_type.value,
                 subjects=tuple(header.subjects),
-                policy_hash=directory.policy_hash,
+                policy_hash=self._policy_hash(directory),
                 trace_id=header.trace_id,
                 received_at=now,
                 expires_at=header.expires_at,
             )
+            # The audit record of an acceptance depends on nothing the transaction reads: it
+            # is sealed here, on the event loop, and the check hands it over once every
+            # transactional check passed (an error sealing it surfaces at that same point).
+            sealed: AuditRecord | Refusal
+            try:
+                sealed = _record(
+                    self._entry(header, header_hash, directory, now, None), header.token_id
+                )
+            except Refusal as failed:
+                sealed = failed
             accepted = await self.store.accept(
-                sub, lambda row: self._token_check(row, header, header_hash, directory, now)
+                sub,
+                lambda row: self._token_check(row, header, directory, now, sealed),
             )
         except DuplicateMessageError:
             duplicate = Refusal(Reason.DUPLICATE_ID, "message id already accepted with other bytes")
@@ -433,11 +495,12 @@ class Relay:
         self,
         row: TokenRow | None,
         header: Header,
-        header_hash: str,
         directory: Directory,
         now: int,
+        sealed: AuditRecord | Refusal,
     ) -> AuditRecord:
-        """The ``TokenCheck``: runs in the store's transaction, with the row as it sees it."""
+        """The ``TokenCheck``: runs in the store's transaction, with the row as it sees it.
+        Returns ``sealed``, the acceptance's audit record, once every check passed."""
         if header.token_id == NO_TOKEN_ID:
             raise Refusal(Reason.NO_TOKEN, "the envelope names no approach token")
         if row is None:
@@ -480,8 +543,9 @@ class Relay:
                     Reason.RECIPIENT_KEY_INVALID,
                     f"the key for {entry.partner} is not a usable encrypt key",
                 ) from None
-        entry_ = self._entry(header, header_hash, directory, now, None)
-        return _record(entry_, header.token_id)
+        if isinstance(sealed, Refusal):
+            raise sealed
+        return sealed
 
     def _verified_token(self, row: TokenRow, directory: Directory) -> ApproachToken:
         cached = self._token_cache.get(row.token_hash)
@@ -495,19 +559,32 @@ class Relay:
         return token
 
     def _policy(self, directory: Directory) -> Policy:
-        policy = self._policies.get(directory.policy_hash)
+        digest = self._policy_hash(directory)
+        policy = self._policies.get(digest)
         if policy is None:
             try:
                 policy = policy_from_directory(directory)
             except PolicyError as exc:
                 raise Refusal(Reason.POLICY_INVALID, str(exc)) from None
             # One entry per policy version; a covenant changes its policy rarely.
-            self._policies = {directory.policy_hash: policy}
+            self._policies = {digest: policy}
         return policy
 
-    @staticmethod
+    def _policy_hash(self, directory: Directory) -> str:
+        """``directory.policy_hash``, hashed once per directory object rather than on every
+        use (a ``Directory`` and its contents are immutable; a new version is a new object)."""
+        if self._hashed_directory is not directory:
+            self._hashed_policy = directory.policy_hash
+            self._hashed_directory = directory
+        return self._hashed_policy
+
     def _entry(
-        header: Header, header_hash: str, directory: Directory, now: int, reason: Reason | None
+        self,
+        header: Header,
+        header_hash: str,
+        directory: Directory,
+        now: int,
+        reason: Reason | None,
     ) -> AuditEntry:
         return AuditEntry(
             time=now,
@@ -518,7 +595,7 @@ class Relay:
             message_type=header.message_type,
             token_id=header.token_id,
             subjects=tuple(header.subjects),
-            policy_hash=directory.policy_hash,
+            policy_hash=self._policy_hash(directory),
             header_hash=header_hash,
             trace_id=_trace(header),
         )

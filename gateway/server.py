@@ -26,6 +26,13 @@ Rules kept here:
   certificates required, only the configured trust anchors) on the partner port and plain
   HTTP on the operator port. SIGTERM/SIGINT: stop accepting, let in-flight requests finish
   (``shutdown_timeout``), then close the store (``cleanup_ctx``).
+* **Restore guard** (``gateway.published``): before a socket is opened, ``serve`` compares the
+  store's audit head with the highest checkpoint it published (a file outside the store) and
+  refuses a store that is behind unless started with ``after_restore``; while it runs it
+  advances that mark every ``published.RECORD_INTERVAL_S`` and once more after it stopped.
+  A SQLite store is held with ``<store>.lock`` for the process's lifetime, so a second gateway
+  or ``store restore`` cannot touch it meanwhile. For PostgreSQL the guard runs only with a
+  ``published_state`` file (the configuration folder is read-only in the deployments).
 """
 
 from __future__ import annotations
@@ -48,9 +55,11 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayMetrics
+from gateway.published import RECORD_INTERVAL_S, MarkFile, default_mark_path, guard
 from gateway.ratelimit import SharedRateLimiter
 from gateway.relay import Relay, RelayStore, audit_leaf_hash
 from gateway.signer import GatewaySigner
+from gateway.store.backup import store_lock
 from gateway.store.errors import StoreError
 from gateway.store.sqlite import SqliteStore
 from keys import Directory, DirectoryError, KeysError, KeyUse
@@ -265,9 +274,72 @@ async def _refresh_directory(built: Built) -> None:
         built.directories.refresh(clock.now())
 
 
-async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set)."""
+def published_mark_file(config: GatewayConfig, published_state: Path | None) -> MarkFile | None:
+    """Where the restore guard keeps the published mark: ``published_state`` if given, else
+    ``<sqlite file>.published``; None (no guard) for PostgreSQL without ``published_state``."""
+    if published_state is not None:
+        return MarkFile(published_state)
+    path = config.store.sqlite_path
+    return MarkFile(default_mark_path(path)) if path is not None else None
+
+
+async def check_restore_guard(
+    config: GatewayConfig, signer: GatewaySigner, marks: MarkFile, *, after_restore: bool, now: int
+) -> None:
+    """Run ``published.guard`` on a store instance of its own, opened and closed here, before
+    anything else touches the store. Raises ``RestoreRefusedError`` or ``PublishedError``."""
+    store = make_store(config, signer)
+    await store.open()
+    try:
+        await guard(store, marks, after_restore=after_restore, now=now)
+    finally:
+        await store.close()
+
+
+async def _record_published(store: RelayStore, marks: MarkFile) -> None:
+    """Advance the published mark to the committed head every ``RECORD_INTERVAL_S``."""
+    while True:
+        await asyncio.sleep(RECORD_INTERVAL_S)
+        try:
+            marks.advance(await store.audit_head())
+        except Exception:  # a failed read or write is retried next interval; serving goes on
+            logger.exception("published_mark_failed")
+
+
+async def serve(
+    config: GatewayConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    after_restore: bool = False,
+    published_state: Path | None = None,
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set). Raises
+    ``RestoreRefusedError`` before listening when the store is behind the published mark
+    (module rules), ``StoreInUseError`` when another process holds a SQLite store."""
+    sqlite_file = config.store.sqlite_path
+    with contextlib.ExitStack() as held:
+        if sqlite_file is not None:
+            held.enter_context(store_lock(sqlite_file, holder="serve"))
+        await _serve(config, stop, after_restore, published_mark_file(config, published_state))
+
+
+async def _serve(
+    config: GatewayConfig,
+    stop: asyncio.Event | None,
+    after_restore: bool,
+    marks: MarkFile | None,
+) -> None:
     built = build_runtime(config)
+    if marks is None:
+        logger.warning("restore_guard_off", extra={"detail": "no published_state file given"})
+    else:
+        await check_restore_guard(
+            config,
+            built.runtime.signer,
+            marks,
+            after_restore=after_restore,
+            now=built.runtime.relay.clock.now(),
+        )
     if config.tls.key_passphrase is not None:
         environ = {"KETENPOST_TLS_PASSPHRASE": config.tls.key_passphrase.reveal()}
         from keys.keyfile import PassphraseSource  # noqa: PLC0415
@@ -299,6 +371,8 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
     tasks = [asyncio.create_task(_refresh_directory(built))]
     if built.rate_exchange is not None:
         tasks.append(asyncio.create_task(built.rate_exchange.run()))
+    if marks is not None:
+        tasks.append(asyncio.create_task(_record_published(built.runtime.relay.store, marks)))
     try:
         await stop.wait()
     finally:
@@ -311,6 +385,21 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
         # the store.
         await partner.cleanup()
         await operator.cleanup()
+        if marks is not None:
+            await _record_final(config, built.runtime.signer, marks)
+
+
+async def _record_final(config: GatewayConfig, signer: GatewaySigner, marks: MarkFile) -> None:
+    """After the last request: the mark becomes the head the store was left with."""
+    store = make_store(config, signer)
+    try:
+        await store.open()
+        try:
+            marks.advance(await store.audit_head())
+        finally:
+            await store.close()
+    except Exception:  # the periodic record stands; logged for the operator
+        logger.exception("published_mark_failed")
 
 
 __all__ = [
@@ -319,6 +408,8 @@ __all__ = [
     "RateExchange",
     "TrustedDirectorySource",
     "build_runtime",
+    "check_restore_guard",
     "make_store",
+    "published_mark_file",
     "serve",
 ]

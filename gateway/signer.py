@@ -14,6 +14,10 @@ Rules kept here:
 * A receipt or rejection event embeds the recipient's own signed object unchanged (the
   ``detail`` bytes the store passes are its msgpack form), so the sender checks the
   recipient's signature itself.
+* An acceptance receipt carries the acceptance's audit entry bytes and salt (the ``record``
+  the store passes), so the sender checks the inclusion proof against **its own** leaf.
+  ``receipt_entries=False`` leaves them out: only for the rollout window in which adapters
+  that refuse the new fields (their decoders forbid unknown fields) are still deployed.
 * Implements ``gateway.store.base.ReceiptSigner``; the store calls it inside the committing
   transaction, so it does no I/O.
 """
@@ -34,7 +38,7 @@ from gateway.protocol.receipts import (
     sign_sender_event,
 )
 from gateway.protocol.signed import SignedObject
-from gateway.store.base import EventKind, Submission
+from gateway.store.base import AuditRecord, EventKind, Submission
 from keys import Ed25519KeyPair, KeyUse
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -54,11 +58,12 @@ def decode_signed_object(data: bytes) -> SignedObject:
 class GatewaySigner:
     """``ReceiptSigner`` with the gateway's ``sign`` key; checkpoints under ``origin``."""
 
-    def __init__(self, key: Ed25519KeyPair, origin: str) -> None:
+    def __init__(self, key: Ed25519KeyPair, origin: str, *, receipt_entries: bool = True) -> None:
         if key.use is not KeyUse.SIGN:
             raise ValueError("the gateway signs with its sign key")
         self._key = key
         self.origin = origin
+        self._receipt_entries = receipt_entries
 
     @property
     def public_key(self) -> bytes:
@@ -76,7 +81,14 @@ class GatewaySigner:
         tree_size: int,
         proof: Sequence[bytes],
         checkpoint: str,
+        *,
+        record: AuditRecord | None = None,
     ) -> bytes:
+        entry, salt = (
+            (record.entry, record.salt)
+            if record is not None and self._receipt_entries
+            else (b"", b"")
+        )
         receipt = AcceptanceReceipt(
             message_id=sub.message_id,
             header_hash=sub.header_hash,
@@ -85,6 +97,8 @@ class GatewaySigner:
             tree_size=tree_size,
             inclusion_proof=tuple(proof),
             checkpoint=checkpoint,
+            entry=entry,
+            salt=salt,
         )
         return encode_signed_object(sign_acceptance_receipt(receipt, self._key))
 

@@ -19,6 +19,12 @@ Rules kept here:
 * The checkpoint in an acceptance receipt is opaque text here (the C2SP signed note that
   ``gateway.protocol.checkpoint`` parses and verifies); the inclusion proof is a list of
   32-byte hashes checked by ``gateway.protocol.merkle``.
+* An acceptance receipt carries the acceptance audit entry (its exact stored bytes) and its
+  salt, so the sender recomputes **its own** leaf and checks the inclusion proof against it
+  (``acceptance_leaf``), instead of trusting the gateway about which leaf is at
+  ``leaf_index``. Both fields were added with defaults and are omitted when empty, so a
+  receipt made before them keeps its bytes and still decodes; such a receipt proves only that
+  *some* leaf is at ``leaf_index`` (the caller fetches that leaf).
 * Every failure raises ``ReceiptError`` with a ``Reason``.
 """
 
@@ -32,7 +38,17 @@ from typing import Annotated, TypeVar
 import msgspec
 
 from gateway.protocol import labels
+from gateway.protocol.auditentry import (
+    MAX_ENTRY_BYTES,
+    SALT_LEN,
+    AuditDecision,
+    AuditEntryError,
+    decode_entry,
+    entry_leaf,
+)
+from gateway.protocol.envelope import Header
 from gateway.protocol.errors import ReceiptError
+from gateway.protocol.merkle import leaf_hash
 from gateway.protocol.reasons import Reason, RejectionReason
 from gateway.protocol.signed import SignedObject, sign_object, verify_object
 from gateway.protocol.types import MessageId, PartnerId, Sha256Hex, UnixTime
@@ -60,6 +76,7 @@ __all__ = [
     "SenderEvent",
     "SenderEventKind",
     "VerifiedSenderEvent",
+    "acceptance_leaf",
     "sign_acceptance_receipt",
     "sign_delivery_receipt",
     "sign_rejection",
@@ -71,8 +88,16 @@ __all__ = [
 ]
 
 
-class AcceptanceReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The gateway's promise: this message is durably stored and in the audit log."""
+class AcceptanceReceipt(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """The gateway's promise: this message is durably stored and in the audit log.
+
+    ``entry`` and ``salt`` (both or neither) are the acceptance audit entry's exact bytes and
+    its 32-byte salt: with them the sender recomputes the leaf at ``leaf_index`` itself.
+    Defaults are omitted from the encoding, so a receipt without them has the bytes it had
+    before the fields existed.
+    """
 
     message_id: MessageId
     header_hash: Sha256Hex
@@ -81,10 +106,14 @@ class AcceptanceReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     tree_size: Annotated[int, msgspec.Meta(ge=1)]
     inclusion_proof: Annotated[tuple[Hash32, ...], msgspec.Meta(max_length=64)]
     checkpoint: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+    entry: Annotated[bytes, msgspec.Meta(max_length=MAX_ENTRY_BYTES)] = b""
+    salt: Annotated[bytes, msgspec.Meta(max_length=SALT_LEN)] = b""
 
     def __post_init__(self) -> None:
         if self.leaf_index >= self.tree_size:
             raise ValueError("leaf_index must be below tree_size")
+        if bool(self.entry) != bool(self.salt) or (self.salt and len(self.salt) != SALT_LEN):
+            raise ValueError(f"entry and its {SALT_LEN}-byte salt come together or not at all")
 
 
 class DeliveryReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -266,6 +295,54 @@ def verify_acceptance_receipt(
         "acceptance receipt", receipt.message_id, receipt.header_hash, message_id, header_hash
     )
     return receipt
+
+
+def acceptance_leaf(receipt: AcceptanceReceipt, header: Header, header_hash: str) -> bytes:
+    """The Merkle leaf hash of the audit entry ``receipt`` carries, once that entry is shown to
+    be the ``accepted`` entry of **this** message: the envelope ``header`` the sender sent and
+    its ``header_hash`` (hex).
+
+    The entry must decode and name, exactly, what the relay records for an acceptance: the
+    decision ``accepted`` (no reason, no TLS identity, no count), the receipt's
+    ``accepted_at`` as its time, the header hash, the sender, the recipients in header order,
+    the message type, the token id, the subjects and the trace id of ``traceparent``. The
+    policy hash is not compared: it names the covenant policy of the gateway's directory at
+    acceptance, which may be newer than the sender's. The leaf is
+    ``leaf_hash(entry_leaf(entry, salt))``; checking it against the inclusion proof and the
+    checkpoint is the caller's (``merkle.verify_inclusion``).
+
+    Raises ``ReceiptError``: ``receipt_mismatch`` when the receipt carries no entry, or an
+    entry that does not decode or is not this message's acceptance.
+    """
+    if not receipt.entry:
+        raise ReceiptError("the acceptance receipt carries no audit entry", Reason.RECEIPT_MISMATCH)
+    try:
+        entry = decode_entry(receipt.entry)
+    except AuditEntryError as exc:
+        raise ReceiptError(f"the receipt's audit entry: {exc}", Reason.RECEIPT_MISMATCH) from None
+    expected: dict[str, object] = {
+        "time": receipt.accepted_at,
+        "decision": AuditDecision.ACCEPTED,
+        "reason": None,
+        "sender": header.sender,
+        "recipients": tuple(r.partner for r in header.recipients),
+        "message_type": header.message_type,
+        "token_id": header.token_id,
+        "subjects": tuple(header.subjects),
+        "header_hash": header_hash,
+        # The trace id is the second field of the W3C traceparent (version-trace-span-flags).
+        "trace_id": header.trace_id.split("-")[1],
+        "tls_identity": None,
+        "count": None,
+    }
+    differ = [name for name, value in expected.items() if getattr(entry, name) != value]
+    if differ:
+        raise ReceiptError(
+            "the receipt's audit entry is not this message's acceptance: it differs in "
+            + ", ".join(differ),
+            Reason.RECEIPT_MISMATCH,
+        )
+    return leaf_hash(entry_leaf(receipt.entry, receipt.salt))
 
 
 def verify_delivery_receipt(

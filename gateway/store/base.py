@@ -159,7 +159,12 @@ class AuditHead:
 
 
 class ReceiptSigner(Protocol):
-    """Signs what the store hands out; the store calls it inside the committing transaction."""
+    """Signs what the store hands out; the store calls it inside the committing transaction.
+
+    ``acceptance_receipt`` gets the acceptance's own audit ``record`` (the one the relay's
+    ``TokenCheck`` returned and the store appended at ``leaf_index``), so the receipt can carry
+    the entry and its salt and the sender can recompute its own leaf.
+    """
 
     def checkpoint(self, size: int, root: bytes) -> str: ...
 
@@ -171,6 +176,8 @@ class ReceiptSigner(Protocol):
         tree_size: int,
         proof: Sequence[bytes],
         checkpoint: str,
+        *,
+        record: AuditRecord | None = None,
     ) -> bytes: ...
 
     def sender_event(

@@ -275,6 +275,8 @@ class _PendingReceipt:
     sub: Submission
     leaf_index: int
     receipt: bytes = b""
+    # The acceptance's own audit record: the receipt carries its entry and salt.
+    record: AuditRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -504,7 +506,13 @@ class _Batch:
             for pending in (*self.flushed, *self.messages):
                 proof = tree.inclusion_proof(pending.leaf_index).hashes
                 pending.receipt = self.signer.acceptance_receipt(
-                    pending.sub, pending.sub.received_at, pending.leaf_index, self.size, proof, note
+                    pending.sub,
+                    pending.sub.received_at,
+                    pending.leaf_index,
+                    self.size,
+                    proof,
+                    note,
+                    record=pending.record,
                 )
             if self.messages:
                 await self._insert_messages(self.messages)
@@ -944,7 +952,7 @@ class PostgresStore:
                 return Accepted(known.receipt, known.leaf_index, first_time=False)
             record = check(await batch.token(sub.token_id))
             leaf = self._leaf_hash(record)
-            pending = _PendingReceipt(sub, batch.append(record, leaf))
+            pending = _PendingReceipt(sub, batch.append(record, leaf), record=record)
             batch.add_message(pending)
             return pending
 

@@ -12,6 +12,18 @@ Rules kept here (on top of those in ``gateway.store.base``):
   before the commit, so receipt, checkpoint, message and audit entry become durable together.
 * If the commit fails, every operation of the batch fails with ``StoreUnavailableError`` and
   nothing of it is visible: the callers answer 503 and senders retry.
+* The writer thread keeps the audit tree's **frontier** (the hashes of the complete subtrees
+  that make up the committed tree: one per 1-bit of its size) in memory, and a batch keeps the
+  nodes it creates in memory too. Every node an append, the batch's root or a receipt's
+  inclusion proof needs is one of those (a left sibling of a new leaf is either a frontier node
+  or completed in this batch; a right sibling lies wholly in this batch), so the hot path reads
+  no node back from SQLite; older nodes (proofs of old leaves) are read from SQLite as before.
+  The batch's new leaves and nodes are written with one ``executemany`` each just before the
+  commit, inside the same transaction. The frontier moves on **only after the commit
+  succeeded**; a refused operation drops the leaves and nodes it added (with its savepoint), a
+  failed commit drops the whole batch's. Nothing about what is stored or signed changes.
+* Results reach the event loop with one ``call_soon_threadsafe`` per batch (not one per
+  operation): each wakes the loop through its self-pipe, a system call and a GIL hand-over.
 """
 
 from __future__ import annotations
@@ -24,9 +36,9 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from gateway.protocol.merkle import MerkleLog
+from gateway.protocol.merkle import MerkleError, MerkleLog, MerkleReason
 from gateway.store.base import (
     Accepted,
     AuditHead,
@@ -48,24 +60,61 @@ from gateway.store.errors import DuplicateMessageError, StoreUnavailableError, S
 from gateway.store.migrations import LATEST_VERSION, MIGRATIONS
 from gateway.store.notify import Notifier
 
+# The writer's automatic WAL checkpoint threshold (pages of 4 KiB): a backstop only, since a
+# background connection checkpoints every ``WAL_CHECKPOINT_INTERVAL_S`` seconds.
+WAL_BACKSTOP_PAGES: Final = 16_384
+WAL_CHECKPOINT_INTERVAL_S: Final = 0.25
 
-class _SqliteNodes:
-    """Complete-subtree hashes of the audit Merkle tree, read and written in the batch's
-    transaction (so a rolled-back operation leaves no node behind)."""
+# A node of the audit tree: (level, index), see ``gateway.protocol.merkle.NodeStore``.
+_NodeKey = tuple[int, int]
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+
+def _frontier_keys(size: int) -> list[_NodeKey]:
+    """The complete subtrees that make up a tree of ``size`` leaves, largest (leftmost) first."""
+    keys: list[_NodeKey] = []
+    pos = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            keys.append((level, pos >> level))
+            pos += 1 << level
+    return keys
+
+
+class _BatchNodes:
+    """The ``NodeStore`` of one batch: the nodes it created (in memory, written at the end of
+    the batch), then the committed frontier (in memory), then SQLite for older nodes."""
+
+    def __init__(self, batch: _Batch) -> None:
+        self._batch = batch
 
     def get(self, level: int, index: int) -> bytes | None:
-        row = self._conn.execute(
-            "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
+        key = (level, index)
+        node = self._batch.nodes.get(key)
+        if node is None:
+            node = self._batch.frontier.get(key)
+        if node is None:
+            row = self._batch.conn.execute(
+                "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", key
+            ).fetchone()
+            node = None if row is None else bytes(row[0])
+        return node
 
     def put(self, level: int, index: int, value: bytes) -> None:
-        self._conn.execute(
-            "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", (level, index, value)
-        )
+        key = (level, index)
+        old = self._batch.nodes.get(key)
+        if old is None:
+            old = self._batch.frontier.get(key)
+        if old is not None:
+            # Appends only ever create nodes right of the frontier; one that exists already
+            # means the size and the stored tree disagree. Refuse, as the SQLite key would.
+            if old != value:
+                raise MerkleError(
+                    f"node ({level}, {index}) is already stored with another hash",
+                    MerkleReason.NODE_CONFLICT,
+                )
+            return
+        self._batch.nodes[key] = value
+        self._batch.node_rows.append((level, index, value))
 
 
 @dataclass
@@ -74,6 +123,8 @@ class _PendingReceipt:
     leaf_index: int
     accepted_at: int
     result: list[Accepted] = field(default_factory=list)
+    # The acceptance's own audit record: the receipt carries its entry and salt.
+    record: AuditRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -84,30 +135,81 @@ class _SameBatch:
     pending: _PendingReceipt
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """Where a batch stood before an operation, to undo the operation alone."""
+
+    size: int
+    receipts: int
+    wake: frozenset[str]
+    leaf_rows: int
+    node_rows: int
+
+
 @dataclass
 class _Batch:
     conn: sqlite3.Connection
     signer: ReceiptSigner
     size: int
+    # The committed tree's frontier (``_frontier_keys(size)`` at the batch's start): read only.
+    frontier: dict[_NodeKey, bytes]
     receipts: list[_PendingReceipt] = field(default_factory=list)
     wake: set[str] = field(default_factory=set)
+    # What this batch added to the audit log, written just before the commit.
+    leaf_rows: list[tuple[int, bytes, bytes | None, bytes | None, str | None]] = field(
+        default_factory=list
+    )
+    nodes: dict[_NodeKey, bytes] = field(default_factory=dict)
+    node_rows: list[tuple[int, int, bytes]] = field(default_factory=list)
+    start_size: int = 0
+
+    def __post_init__(self) -> None:
+        self.start_size = self.size
+        self._nodes = _BatchNodes(self)
 
     def tree(self, size: int | None = None) -> MerkleLog:
-        return MerkleLog(_SqliteNodes(self.conn), self.size if size is None else size)
+        return MerkleLog(self._nodes, self.size if size is None else size)
 
     def append(self, record: AuditRecord, leaf: bytes) -> int:
         index = self.size
-        self.conn.execute(
-            "INSERT INTO audit_leaves (idx, leaf_hash, entry, salt, token_id) VALUES (?,?,?,?,?)",
-            (index, leaf, record.entry, record.salt, record.token_id),
-        )
         self.tree(index).append(leaf)
+        self.leaf_rows.append((index, leaf, record.entry, record.salt, record.token_id))
         self.size += 1
         return index
 
+    def mark(self) -> _Mark:
+        return _Mark(
+            self.size,
+            len(self.receipts),
+            frozenset(self.wake),
+            len(self.leaf_rows),
+            len(self.node_rows),
+        )
+
+    def undo(self, mark: _Mark) -> None:
+        """Forget what the operation begun at ``mark`` added (its savepoint is rolled back)."""
+        self.size = mark.size
+        del self.receipts[mark.receipts :]
+        self.wake = set(mark.wake)
+        del self.leaf_rows[mark.leaf_rows :]
+        for level, index, _value in self.node_rows[mark.node_rows :]:
+            del self.nodes[(level, index)]
+        del self.node_rows[mark.node_rows :]
+
     def finalize(self) -> str | None:
-        """Sign the batch's checkpoint and its receipts; store both. Inside the transaction."""
-        if not self.receipts and self.size == self._start_size:
+        """Store the batch's leaves and nodes; sign its checkpoint and receipts and store
+        them. Inside the transaction, just before the commit."""
+        if self.leaf_rows:
+            self.conn.executemany(
+                "INSERT INTO audit_leaves (idx, leaf_hash, entry, salt, token_id)"
+                " VALUES (?,?,?,?,?)",
+                self.leaf_rows,
+            )
+        if self.node_rows:
+            self.conn.executemany(
+                "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", self.node_rows
+            )
+        if not self.receipts and self.size == self.start_size:
             return None
         tree = self.tree()
         tree_root = tree.root()
@@ -116,19 +218,34 @@ class _Batch:
             "INSERT OR REPLACE INTO checkpoints (size, root, note) VALUES (?, ?, ?)",
             (self.size, tree_root, note),
         )
+        stored: list[tuple[bytes, str]] = []
         for pending in self.receipts:
             proof = tree.inclusion_proof(pending.leaf_index).hashes
             receipt = self.signer.acceptance_receipt(
-                pending.sub, pending.accepted_at, pending.leaf_index, self.size, proof, note
+                pending.sub,
+                pending.accepted_at,
+                pending.leaf_index,
+                self.size,
+                proof,
+                note,
+                record=pending.record,
             )
-            self.conn.execute(
-                "UPDATE messages SET receipt = ? WHERE message_id = ?",
-                (receipt, pending.sub.message_id),
-            )
+            stored.append((receipt, pending.sub.message_id))
             pending.result.append(Accepted(receipt, pending.leaf_index, first_time=True))
+        if stored:
+            self.conn.executemany("UPDATE messages SET receipt = ? WHERE message_id = ?", stored)
         return note
 
-    _start_size: int = 0
+    def next_frontier(self) -> dict[_NodeKey, bytes]:
+        """The frontier of the tree this batch leaves behind (call after the commit)."""
+        if self.size == self.start_size:
+            return self.frontier
+        out: dict[_NodeKey, bytes] = {}
+        for level, index in _frontier_keys(self.size):
+            node = self._nodes.get(level, index)
+            if node is not None:  # a missing node stays missing: MerkleLog reports it
+                out[(level, index)] = node
+        return out
 
 
 _Work = Callable[[_Batch], Any]
@@ -158,8 +275,12 @@ class SqliteStore:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointing = threading.Event()
         self._conn: sqlite3.Connection | None = None
         self._size = 0
+        # The committed audit tree's frontier; only the writer thread touches it once open.
+        self._frontier: dict[_NodeKey, bytes] = {}
         self.notifier = Notifier()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -230,11 +351,31 @@ class SqliteStore:
             )
         row = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_leaves").fetchone()
         self._size = int(row[0])
+        self._frontier = {}
+        for key in _frontier_keys(self._size):
+            node = conn.execute(
+                "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", key
+            ).fetchone()
+            if node is not None:  # a missing node stays missing: MerkleLog reports it
+                self._frontier[key] = bytes(node[0])
+        # WAL checkpoints (copying committed pages into the database file, and its fsync)
+        # run on a connection of their own in the background, not inside the writer's
+        # COMMIT; the writer keeps a high automatic threshold only as a backstop.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}")
         self._conn = conn
         self._thread = threading.Thread(target=self._run, name="ketenpost-sqlite", daemon=True)
         self._thread.start()
+        self._checkpointing = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="ketenpost-sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointing.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._thread is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -242,6 +383,18 @@ class SqliteStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def _checkpoint_loop(self) -> None:
+        """Checkpoint the WAL every ``WAL_CHECKPOINT_INTERVAL_S`` without blocking the writer
+        (``PASSIVE``: it copies what it can and never waits for a lock). Durability does not
+        depend on it: a commit is durable once its WAL frames are fsync'd."""
+        conn = self.connect(self._path)
+        try:
+            while not self._checkpointing.wait(WAL_CHECKPOINT_INTERVAL_S):
+                with contextlib.suppress(sqlite3.Error):  # retried at the next interval
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            conn.close()
 
     async def ping(self) -> None:
         await self._submit(lambda b: b.conn.execute("SELECT 1").fetchone())
@@ -271,24 +424,19 @@ class SqliteStore:
                 return
 
     def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
-        batch = _Batch(conn, self._signer, self._size)
-        batch._start_size = self._size
+        batch = _Batch(conn, self._signer, self._size, self._frontier)
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:
-                size_before = batch.size
-                receipts_before = len(batch.receipts)
-                wake_before = set(batch.wake)
+                mark = batch.mark()
                 conn.execute("SAVEPOINT op")
                 try:
                     result = op.work(batch)
                 except Exception as exc:  # each op's failure goes to its own caller
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    batch.size = size_before
-                    del batch.receipts[receipts_before:]
-                    batch.wake = wake_before
+                    batch.undo(mark)
                     outcomes.append((op, None, exc))
                 else:
                     conn.execute("RELEASE op")
@@ -299,17 +447,27 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             failure = StoreUnavailableError(f"store commit failed: {exc}")
-            for op in ops:
-                op.loop.call_soon_threadsafe(_set_exception, op.future, failure)
+            # The frontier and size stay those of the last committed batch.
+            self._settle([(op, None, failure) for op in ops], set())
             return
+        # Only now, with the batch durable, does the in-memory tree move on.
+        self._frontier = batch.next_frontier()
         self._size = batch.size
-        for op, result, error in outcomes:
-            if error is not None:
-                op.loop.call_soon_threadsafe(_set_exception, op.future, error)
-            else:
-                op.loop.call_soon_threadsafe(_set_result, op.future, result)
-        if batch.wake and ops:
-            ops[0].loop.call_soon_threadsafe(self.notifier.notify, set(batch.wake))
+        self._settle(outcomes, batch.wake)
+
+    def _settle(
+        self, outcomes: list[tuple[_Op, Any, BaseException | None]], wake: set[str]
+    ) -> None:
+        """Hand the outcomes to their event loops: one wake-up per loop, not one per op."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any, BaseException | None]]]
+        by_loop = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for i, (loop, items) in enumerate(by_loop.items()):
+            # The notifier belongs to the first operation's loop (the gateway has one loop).
+            loop.call_soon_threadsafe(
+                _settle_all, items, self.notifier if i == 0 and wake else None, wake
+            )
 
     async def _submit(self, work: _Work) -> Any:
         if self._thread is None:
@@ -355,15 +513,14 @@ class SqliteStore:
                     sub.envelope,
                 ),
             )
-            for recipient in sub.recipients:
-                conn.execute(
-                    "INSERT INTO deliveries (message_id, recipient, seq, state)"
-                    " VALUES (?, ?, ?, 'pending')",
-                    (sub.message_id, recipient, leaf_index),
-                )
-                batch.wake.add(recipient)
+            conn.executemany(
+                "INSERT INTO deliveries (message_id, recipient, seq, state)"
+                " VALUES (?, ?, ?, 'pending')",
+                [(sub.message_id, recipient, leaf_index) for recipient in sub.recipients],
+            )
+            batch.wake.update(sub.recipients)
             batch.append(record, self._leaf_hash(record))
-            pending = _PendingReceipt(sub, leaf_index, sub.received_at)
+            pending = _PendingReceipt(sub, leaf_index, sub.received_at, record=record)
             batch.receipts.append(pending)
             return pending
 
@@ -377,8 +534,10 @@ class SqliteStore:
         return result
 
     async def record_audit(self, record: AuditRecord) -> int:
+        leaf = self._leaf_hash(record)
+
         def work(batch: _Batch) -> int:
-            return batch.append(record, self._leaf_hash(record))
+            return batch.append(record, leaf)
 
         index: int = await self._submit(work)
         return index
@@ -439,8 +598,11 @@ class SqliteStore:
             purged = [Purged(r[0], r[1], r[2]) for r in rows]
             batch.append(audit, self._leaf_hash(audit))
             for p in purged:
+                event = signer.sender_event(
+                    EventKind.PURGE, p.message_id, p.recipient, revoked_at, b""
+                )
                 _end_delivery(
-                    conn, batch, signer, p, DeliveryState.PURGED, EventKind.PURGE, revoked_at, b""
+                    conn, batch, p, DeliveryState.PURGED, EventKind.PURGE, revoked_at, event
                 )
             return purged
 
@@ -490,8 +652,21 @@ class SqliteStore:
         now: int,
         audit: AuditRecord,
     ) -> bool:
-        signer = self._signer
         kind = EventKind.RECEIPT if state is DeliveryState.DELIVERED else EventKind.REJECTION
+        # The sender event and the leaf hash depend on nothing the transaction reads, so they
+        # are made here, on the event loop, rather than in the writer thread (the relay's one
+        # serial stage). The event is stored, and so handed out, only if the delivery ends in
+        # this transaction and it commits; otherwise it is dropped unseen.
+        event: bytes | Exception
+        leaf: bytes | Exception
+        try:
+            event = self._signer.sender_event(kind, message_id, recipient, now, signed)
+        except Exception as exc:  # raised in the transaction below, where signing was
+            event = exc
+        try:
+            leaf = self._leaf_hash(audit)
+        except Exception as exc:  # likewise
+            leaf = exc
 
         def work(batch: _Batch) -> bool:
             row = batch.conn.execute(
@@ -501,16 +676,13 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return False
-            batch.append(audit, self._leaf_hash(audit))
+            if isinstance(leaf, Exception):
+                raise leaf
+            batch.append(audit, leaf)
+            if isinstance(event, Exception):
+                raise event
             _end_delivery(
-                batch.conn,
-                batch,
-                signer,
-                Purged(message_id, row[0], recipient),
-                state,
-                kind,
-                now,
-                signed,
+                batch.conn, batch, Purged(message_id, row[0], recipient), state, kind, now, event
             )
             return True
 
@@ -596,8 +768,9 @@ class SqliteStore:
                 # and hash another, and the entry would no longer match its leaf.
                 record = audit_for(p)
                 batch.append(record, self._leaf_hash(record))
+                event = signer.sender_event(EventKind.EXPIRY, p.message_id, p.recipient, now, b"")
                 _end_delivery(
-                    batch.conn, batch, signer, p, DeliveryState.EXPIRED, EventKind.EXPIRY, now, b""
+                    batch.conn, batch, p, DeliveryState.EXPIRED, EventKind.EXPIRY, now, event
                 )
             return out
 
@@ -633,7 +806,10 @@ class SqliteStore:
             rows = batch.conn.execute(
                 "SELECT idx, leaf_hash, entry, salt FROM audit_leaves ORDER BY idx"
             ).fetchall()
-            return [(int(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]
+            # Leaves appended earlier in this batch are written only at its end.
+            return [(int(r[0]), bytes(r[1]), r[2], r[3]) for r in rows] + [
+                (r[0], r[1], r[2], r[3]) for r in batch.leaf_rows
+            ]
 
         result: list[tuple[int, bytes, bytes | None, bytes | None]] = await self._submit(work)
         return result
@@ -686,15 +862,14 @@ def _token_row(conn: sqlite3.Connection, token_id: str) -> TokenRow | None:
 def _end_delivery(
     conn: sqlite3.Connection,
     batch: _Batch,
-    signer: ReceiptSigner,
     p: Purged,
     state: DeliveryState,
     kind: EventKind,
     now: int,
-    detail: bytes,
+    event: bytes,
 ) -> None:
-    """End one delivery: mark it, queue the sender event, and drop the ciphertext once no
-    recipient still needs it."""
+    """End one delivery: mark it, queue the signed sender ``event``, and drop the ciphertext
+    once no recipient still needs it."""
     conn.execute(
         "UPDATE deliveries SET state = ?, finished_at = ? WHERE message_id = ? AND recipient = ?",
         (state.value, now, p.message_id, p.recipient),
@@ -706,24 +881,31 @@ def _end_delivery(
             p.sender,
             p.message_id,
             kind.value,
-            signer.sender_event(kind, p.message_id, p.recipient, now, detail),
+            event,
             now,
         ),
     )
     batch.wake.add(p.sender)
-    remaining = conn.execute(
-        "SELECT COUNT(*) FROM deliveries WHERE message_id = ? AND state = 'pending'",
-        (p.message_id,),
-    ).fetchone()[0]
-    if remaining == 0:
-        conn.execute("UPDATE messages SET envelope = NULL WHERE message_id = ?", (p.message_id,))
+    conn.execute(
+        "UPDATE messages SET envelope = NULL WHERE message_id = ? AND NOT EXISTS"
+        " (SELECT 1 FROM deliveries WHERE message_id = ? AND state = 'pending')",
+        (p.message_id, p.message_id),
+    )
 
 
-def _set_result(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+def _settle_all(
+    items: list[tuple[_Op, Any, BaseException | None]],
+    notifier: Notifier | None,
+    wake: set[str],
+) -> None:
+    """On the event loop: resolve each operation's future, then wake the long-polls."""
+    for op, result, error in items:
+        future = op.future
+        if future.done():  # the caller was cancelled meanwhile
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    if notifier is not None:
+        notifier.notify(set(wake))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -50,6 +50,8 @@ class RecordingSigner:
 
     def __init__(self) -> None:
         self.checkpoints: list[tuple[int, bytes]] = []
+        # (message id, leaf index, the audit record the store passed with the acceptance)
+        self.acceptances: list[tuple[str, int, AuditRecord | None]] = []
 
     def checkpoint(self, size: int, root: bytes) -> str:
         self.checkpoints.append((size, root))
@@ -63,7 +65,10 @@ class RecordingSigner:
         tree_size: int,
         proof: Sequence[bytes],
         checkpoint: str,
+        *,
+        record: AuditRecord | None = None,
     ) -> bytes:
+        self.acceptances.append((sub.message_id, leaf_index, record))
         return b"|".join(
             [sub.message_id.encode(), str(leaf_index).encode(), str(tree_size).encode()]
             + [p.hex().encode() for p in proof]
@@ -333,6 +338,31 @@ async def test_audit_proofs_verify_against_the_tree(store: AnyStore) -> None:
             InclusionProof(leaf_index=index, tree_size=13, hashes=tuple(hashes)),
             head.root,
         )
+
+
+async def test_each_receipt_is_signed_with_its_own_acceptance_record(store: AnyStore) -> None:
+    # One batch mixing acceptances, a refusal and a plain audit record: every receipt must be
+    # made with the record appended at its own leaf, or the sender's leaf check fails.
+    def allow_as(n: int) -> Callable[[TokenRow | None], AuditRecord]:
+        return lambda _token: record(f"accepted-{n}")
+
+    results = await asyncio.gather(
+        store.accept(submission(1), allow_as(1)),
+        store.record_audit(record("registered")),
+        store.accept(submission(2), refuse),
+        store.accept(submission(3), allow_as(3)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[2], Refused)
+    signer = store._signer
+    assert isinstance(signer, RecordingSigner)
+    leaves = {idx: (entry, salt) for idx, _leaf, entry, salt in await store.audit_leaves()}
+    seen = {message_id: (index, rec) for message_id, index, rec in signer.acceptances}
+    assert set(seen) == {f"{1:064x}", f"{3:064x}"}
+    for n in (1, 3):
+        index, rec = seen[f"{n:064x}"]
+        assert rec == record(f"accepted-{n}")
+        assert leaves[index] == (rec.entry, rec.salt)
 
 
 async def test_committed_state_survives_reopen(backend: Backend) -> None:

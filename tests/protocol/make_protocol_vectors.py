@@ -17,8 +17,9 @@ Rules kept here:
   ``header``, whose hash is the AEAD's associated data in ``payload`` and the input of both
   signatures in ``envelope-signatures``; the token of ``token`` is the one the headers name;
   the audit entry of ``audit-entry`` is leaf 2 of the tree in ``merkle``, whose root the
-  ``checkpoint`` signs and the ``acceptance-receipt`` carries. Only the HPKE stanza of the
-  ``header`` vector is filler (a stanza cannot be made deterministically with pyca's HPKE).
+  ``checkpoint`` signs and the ``acceptance-receipt`` carries (with that entry and salt).
+  Only the HPKE stanza of the ``header`` vector is filler (a stanza cannot be made
+  deterministically with pyca's HPKE).
 * All secrets here are test values, published in the document. Never use them for anything.
 """
 
@@ -594,6 +595,8 @@ def checkpoint_vector() -> Vector:
 
 def acceptance_receipt_vector() -> Vector:
     inclusion = merkle_log().inclusion_proof(MERKLE_INDEX)
+    # The receipt carries the ``audit-entry`` vector's entry and salt: its leaf is leaf 2.
+    sealed = seal_entry(audit_entry(), AUDIT_SALT)
     receipt = AcceptanceReceipt(
         message_id=message_id(),
         header_hash=envelope.header_hash(header_bytes()).hex(),
@@ -602,11 +605,16 @@ def acceptance_receipt_vector() -> Vector:
         tree_size=inclusion.tree_size,
         inclusion_proof=inclusion.hashes,
         checkpoint=checkpoint_note(),
+        entry=sealed.entry_bytes,
+        salt=sealed.salt,
     )
     signed = sign_acceptance_receipt(receipt, gateway_sign())
     view = _builtins(receipt)
     view["inclusion_proof_hex"] = [_hex(h) for h in receipt.inclusion_proof]
-    del view["inclusion_proof"]
+    view["entry_hex"] = _hex(receipt.entry)
+    view["salt_hex"] = _hex(receipt.salt)
+    for name in ("inclusion_proof", "entry", "salt"):
+        del view[name]
     return {"gateway_seed_hex": _hex(GATEWAY_SIGN_SEED), "receipt": view, **_signed_view(signed)}
 
 

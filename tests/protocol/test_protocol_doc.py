@@ -63,6 +63,7 @@ from gateway.protocol.receipts import (
     DeliveryReceipt,
     Rejection,
     SenderEvent,
+    acceptance_leaf,
     verify_acceptance_receipt,
     verify_delivery_receipt,
 )
@@ -496,7 +497,12 @@ def check_acceptance_receipt(v: Vector, all_vectors: Vectors) -> None:
     )
     assert receipt.inclusion_proof == tuple(_b(h) for h in view["inclusion_proof_hex"])
     assert receipt.checkpoint == view["checkpoint"] == all_vectors["checkpoint"]["note"]
-    # What an adapter does with the receipt: checkpoint, then its own leaf's inclusion.
+    # The receipt carries the accepted message's own audit entry and salt.
+    entry = all_vectors["audit-entry"]
+    assert receipt.entry == _b(view["entry_hex"]) == _b(entry["entry_bytes_hex"])
+    assert receipt.salt == _b(view["salt_hex"]) == _b(entry["salt_hex"])
+    # What an adapter does with the receipt: checkpoint, then its own leaf, recomputed from
+    # the entry once the entry is shown to be the acceptance of the header it sent.
     checkpoint = verify_checkpoint(
         receipt.checkpoint,
         all_vectors["checkpoint"]["origin"],
@@ -504,8 +510,15 @@ def check_acceptance_receipt(v: Vector, all_vectors: Vectors) -> None:
         key.public,
     )
     assert checkpoint.size == receipt.tree_size
+    header_hex = all_vectors["header"]["header_hash_hex"]
+    header = msgspec.msgpack.decode(
+        _b(all_vectors["header"]["header_bytes_hex"]), type=envelope.Header
+    )
+    leaf = acceptance_leaf(receipt, header, header_hex)
+    assert leaf == leaf_hash(entry_leaf(receipt.entry, receipt.salt))
+    assert leaf == _b(entry["leaf_hash_hex"])
     verify_inclusion(
-        _b(all_vectors["audit-entry"]["leaf_hash_hex"]),
+        leaf,
         InclusionProof(
             leaf_index=receipt.leaf_index,
             tree_size=receipt.tree_size,

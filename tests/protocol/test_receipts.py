@@ -9,7 +9,10 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
+from gateway.protocol import envelope
+from gateway.protocol.auditentry import AuditDecision, encode_entry, entry_leaf
 from gateway.protocol.errors import ReceiptError
+from gateway.protocol.merkle import leaf_hash
 from gateway.protocol.reasons import Reason, RejectionReason
 from gateway.protocol.receipts import (
     AcceptanceReceipt,
@@ -17,6 +20,7 @@ from gateway.protocol.receipts import (
     Rejection,
     SenderEvent,
     SenderEventKind,
+    acceptance_leaf,
     sign_acceptance_receipt,
     sign_delivery_receipt,
     sign_rejection,
@@ -27,7 +31,9 @@ from gateway.protocol.receipts import (
     verify_sender_event,
 )
 from gateway.protocol.signed import SignedObject
+from gateway.protocol.types import MessageType
 from keys import Directory
+from tests.protocol import make_protocol_vectors as gen
 from tests.protocol._builders_token import DAY, T0, World
 
 MESSAGE_ID = "1" * 64
@@ -347,3 +353,124 @@ def test_receipts_are_signed_with_sign_keys(world: World) -> None:
     receipt = msgspec.msgpack.decode(delivery(world).payload, type=DeliveryReceipt)
     with pytest.raises(ReceiptError):
         sign_delivery_receipt(receipt, world.token["halt"])
+
+
+# -- The acceptance's audit entry in the receipt ------------------------------------------
+
+
+def _carrying(entry: bytes = b"", salt: bytes = b"") -> AcceptanceReceipt:
+    return AcceptanceReceipt(
+        message_id=MESSAGE_ID,
+        header_hash=HEADER_HASH,
+        accepted_at=T0,
+        leaf_index=0,
+        tree_size=1,
+        inclusion_proof=(),
+        checkpoint="x",
+        entry=entry,
+        salt=salt,
+    )
+
+
+def test_receipt_without_entry_keeps_the_bytes_it_had_before_the_fields() -> None:
+    receipt = _carrying()
+    as_map = msgspec.msgpack.decode(msgspec.msgpack.encode(receipt))
+    assert list(as_map) == [
+        "message_id",
+        "header_hash",
+        "accepted_at",
+        "leaf_index",
+        "tree_size",
+        "inclusion_proof",
+        "checkpoint",
+    ]
+    # And such bytes (an older gateway's) decode, with the fields empty.
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(as_map), type=AcceptanceReceipt)
+    assert (decoded.entry, decoded.salt) == (b"", b"")
+
+
+def test_receipt_carrying_entry_and_salt_round_trips_and_verifies(
+    world: World, directory: Directory
+) -> None:
+    receipt = _carrying(b"\x81\xa4time\x01", b"\x07" * 32)
+    signed = sign_acceptance_receipt(receipt, world.gateway_sign)
+    verified = verify_acceptance_receipt(signed, directory, now=T0 + DAY, message_id=MESSAGE_ID)
+    assert verified == receipt
+    assert list(msgspec.msgpack.decode(signed.payload))[-2:] == ["entry", "salt"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "salt"),
+    [(b"\x80", b""), (b"", b"\x07" * 32), (b"\x80", b"\x07" * 31)],
+    ids=["entry without salt", "salt without entry", "short salt"],
+)
+def test_entry_and_a_32_byte_salt_come_together(entry: bytes, salt: bytes) -> None:
+    with pytest.raises(ValueError, match="salt"):
+        _carrying(entry, salt)
+    # The same shape from the wire is refused by the decoder.
+    wire = msgspec.msgpack.encode(
+        {**msgspec.to_builtins(_carrying()), "entry": entry, "salt": salt}
+    )
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(wire, type=AcceptanceReceipt)
+
+
+def _vector_receipt(**changes: object) -> tuple[AcceptanceReceipt, envelope.Header, str]:
+    """A receipt carrying the protocol document's audit entry (changed by ``changes``) for the
+    document's header, as ``acceptance_leaf`` gets it."""
+    entry = msgspec.structs.replace(gen.audit_entry(), **changes)
+    header = gen.vector_header()
+    digest = envelope.header_hash(gen.header_bytes()).hex()
+    receipt = AcceptanceReceipt(
+        message_id=header.message_id,
+        header_hash=digest,
+        accepted_at=gen.audit_entry().time,
+        leaf_index=0,
+        tree_size=1,
+        inclusion_proof=(),
+        checkpoint="x",
+        entry=encode_entry(entry),
+        salt=gen.AUDIT_SALT,
+    )
+    return receipt, header, digest
+
+
+def test_acceptance_leaf_is_the_entry_leaf_of_this_message() -> None:
+    receipt, header, digest = _vector_receipt()
+    assert acceptance_leaf(receipt, header, digest) == leaf_hash(
+        entry_leaf(receipt.entry, receipt.salt)
+    )
+
+
+ENTRY_MISMATCHES: dict[str, tuple[dict[str, object], str]] = {
+    "another header": ({"header_hash": "9" * 64}, "header_hash"),
+    "a refusal": ({"decision": AuditDecision.REFUSED, "reason": "type_not_allowed"}, "decision"),
+    "another sender": ({"sender": "halt"}, "sender"),
+    "other recipients": ({"recipients": ("halt",)}, "recipients"),
+    "another type": ({"message_type": MessageType.REFERRAL}, "message_type"),
+    "another token": ({"token_id": "1" * 32}, "token_id"),
+    "other subjects": ({"subjects": ("b" * 32,)}, "subjects"),
+    "another trace": ({"trace_id": "1" * 32}, "trace_id"),
+    "another time": ({"time": T0 + 1}, "time"),
+    "a count": ({"count": 1}, "count"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENTRY_MISMATCHES))
+def test_acceptance_leaf_refuses_an_entry_that_is_not_this_acceptance(case: str) -> None:
+    changes, field = ENTRY_MISMATCHES[case]
+    receipt, header, digest = _vector_receipt(**changes)
+    with pytest.raises(ReceiptError, match=field) as caught:
+        acceptance_leaf(receipt, header, digest)
+    assert caught.value.reason is Reason.RECEIPT_MISMATCH
+
+
+def test_acceptance_leaf_refuses_no_entry_and_an_undecodable_one() -> None:
+    receipt, header, digest = _vector_receipt()
+    for broken in (
+        msgspec.structs.replace(receipt, entry=b"", salt=b""),
+        msgspec.structs.replace(receipt, entry=b"\xc1"),
+    ):
+        with pytest.raises(ReceiptError) as caught:
+            acceptance_leaf(broken, header, digest)
+        assert caught.value.reason is Reason.RECEIPT_MISMATCH
