@@ -1097,6 +1097,18 @@ async def run_demo(options: DemoOptions, init: InitDeployment, out: TextIO) -> b
                 print(f"ketenpost: error: demo {exc}", file=sys.stderr, flush=True)
             if ok:
                 timeline.note(f"all {len(STEP_KEYS)} steps behaved as expected")
+                # The coordinator knows the youth's pseudonym (its adapter holds the mapping):
+                # what was shared about him can be reported and verified from the command line.
+                report = folder / "inzage"
+                timeline.note(
+                    "subject access: ketenpost audit subject "
+                    f"{scenario.pseudonym} --config {folder / 'gateway.toml'} "
+                    f"--store {gateway.store_url} --out {report}"
+                )
+                timeline.note(
+                    f"verify it: ketenpost audit verify-report {report / 'inzage.json'} "
+                    f"--directory {folder / 'directory'}"
+                )
             timeline.note(f"metrics: {gateway.operator_url}/metrics")
             timeline.note(f"logs: {folder / 'gateway.log'}, {folder / 'demo.log'}")
             if not options.once:

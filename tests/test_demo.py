@@ -67,6 +67,22 @@ def test_demo_once_plays_every_step_and_shows_every_refusal(tmp_path: Path) -> N
     assert "/metrics" in done.stdout
     # What the steps saw is in the deployment the demo made.
     assert list((tmp_path / "demo" / "partners" / "halt" / "uitwisseling" / "in").glob("*.csv"))
+    # The youth's subject-access report is produced and verified from the command line, with
+    # the commands the demo printed.
+    for prefix in ("subject access: ketenpost ", "verify it: ketenpost "):
+        (line,) = [ln for ln in done.stdout.splitlines() if prefix in ln]
+        argv = line.split(prefix, 1)[1].split()
+        ran = subprocess.run(
+            [sys.executable, "-m", "ketenpost", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+    report = (tmp_path / "demo" / "inzage" / "inzage.json").read_text(encoding="utf-8")
+    assert '"accepted"' in report
+    assert "signal" in report
 
 
 def test_a_partner_system_that_is_down_fails_its_step_and_the_exit_status(tmp_path: Path) -> None:
