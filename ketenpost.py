@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adapters import cli as adapter_cli
-from adapters import cli_demo, cli_partner
+from adapters import cli_demo, cli_partner, cli_witness
 from adapters.config import ADAPTER_TOML, render_adapter_toml
 from adapters.registry import default_system_toml, write_development_secrets
 from gateway import cli_bench, cli_config, cli_schema, cli_serve
@@ -145,6 +145,8 @@ REGISTRARS: tuple[Register, ...] = (
     cli_config.register,
     cli_schema.register,
     cli_serve.register,
+    # `ketenpost audit witness` joins the audit group that cli_serve registers.
+    cli_witness.register,
     cli_bench.register,
     cli_partner.register,
     adapter_cli.register,

@@ -58,6 +58,26 @@ class StoreSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "adapter.db"
 
 
+class WitnessPeer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a peer publishes its witness statement (``adapters.witness``, docs/adr/0010):
+    ``path`` (a file, relative to this folder or absolute: a share both partners reach) or
+    ``url`` (any HTTP(S) server serving the file). The statement is signed, so the channel
+    need not be trusted; it must only not be the gateway."""
+
+    id: str
+    path: str = ""
+    url: str = ""
+
+
+class WitnessSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Our own statement (the largest checkpoint we saw, signed with our sign key), rewritten
+    # at every exchange; serve or share this file for the peers.
+    publish: str = "witness/statement.json"
+    # Seconds between exchanges: a split view is seen by both partners within one interval.
+    exchange_s: int = 300
+    peers: tuple[WitnessPeer, ...] = ()
+
+
 class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     partner: PartnerSection
     gateway: GatewaySection = GatewaySection()
@@ -65,6 +85,7 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keys: KeysSection = KeysSection()
     directory: DirectorySection = DirectorySection()
     store: StoreSection = StoreSection()
+    witness: WitnessSection = WitnessSection()
     system: dict[str, Any] = msgspec.field(default_factory=dict)
     # The folder the file was read from; relative paths resolve against it.
     base: str = ""
@@ -72,6 +93,22 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def path(self, relative: str) -> Path:
         p = Path(relative)
         return p if p.is_absolute() else Path(self.base) / p
+
+
+def key_family(path: Path) -> list[Path]:
+    """``path`` and its rotated successors beside it, oldest first: ``keys/sign.key``,
+    ``keys/sign-2.key``, ``keys/sign-3.key``, … (the names ``ketenpost keys rotate`` writes).
+
+    An adapter holds every member and picks by the directory (the newest one that is active),
+    so a rotated key is used from its ``active_from`` on without editing ``adapter.toml`` or a
+    restart. Members that do not exist are left out; ``path`` itself is always first.
+    """
+    numbered = []
+    for sibling in path.parent.glob(f"{path.stem}-*{path.suffix}"):
+        n = sibling.name[len(path.stem) + 1 : len(sibling.name) - len(path.suffix)]
+        if n.isdigit():
+            numbered.append((int(n), sibling))
+    return [path, *(p for _, p in sorted(numbered))]
 
 
 def load_adapter_config(path: Path) -> AdapterConfig:

@@ -16,11 +16,14 @@ Rules kept here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from adapters.errors import AdapterError
-from keys import Directory, DirectoryError
+from keys import Directory, DirectoryError, KeysError, KeyUse
 from keys.signed_directory import DirectoryBundle, TrustedDirectory, decode_bundle, read_bundle
+from keys.state import KeyState
 
 
 class DirectoryUnavailableError(AdapterError):
@@ -90,3 +93,33 @@ class DirectoryKeeper:
             return self._trusted.expiry.earliest
         except DirectoryError:
             return None
+
+
+_K = TypeVar("_K")
+_USABLE = frozenset({KeyState.ACTIVE, KeyState.RETIRING})
+
+
+def newest_active(
+    pairs: Sequence[_K],
+    directory: Directory,
+    partner_id: str,
+    use: KeyUse,
+    now: int,
+) -> _K | None:
+    """Of ``pairs`` (own keys, oldest first, each with a ``kid``), the newest whose directory
+    entry for ``partner_id`` and ``use`` is usable at ``now`` (``active``, or ``retiring``:
+    a predecessor is still valid until its ``retire_at``); ``None`` if none is.
+
+    "Use the newest, accept all listed" (MultiFernet): a successor is only signed with from
+    its ``active_from`` on, when every verifier's directory lists it (it was published one
+    refresh interval before), so nothing signed with it is refused as unknown.
+    """
+    try:
+        partner = directory.partner(partner_id)
+    except KeysError:  # unknown_partner: not (or no longer) in the directory
+        return None
+    active = {k.kid for k in partner.keys if k.use is use and k.state(now) in _USABLE}
+    for pair in reversed(pairs):
+        if getattr(pair, "kid", None) in active:
+            return pair
+    return None

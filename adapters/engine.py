@@ -110,18 +110,23 @@ from adapters.client import (
     InboxDelivery,
     RefusedError,
 )
-from adapters.config import AdapterConfig
-from adapters.directory import DirectoryKeeper, DirectoryUnavailableError
+from adapters.config import AdapterConfig, key_family
+from adapters.directory import DirectoryKeeper, DirectoryUnavailableError, newest_active
 from adapters.errors import AdapterError
 from adapters.metrics import AdapterMetrics
-from adapters.outbox import AdapterStore, NewOutbound, OutboxRow, TokenRow
+from adapters.outbox import AdapterStore, NewOutbound, OutboxRow, RetainedCounts, TokenRow
 from adapters.processing_log import ProcessingLog
+from adapters.retention import apply_retention
 from adapters.witness import (
     CheckpointInvalidError,
+    PeerView,
     PendingInclusion,
     PendingInclusions,
     Witness,
     WitnessAlarm,
+    WitnessExchange,
+    file_fetch,
+    url_fetch,
 )
 from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.envelope import (
@@ -273,17 +278,27 @@ class EngineSettings:
     # Checks of a pending inclusion proof (an old receipt whose leaf could not be fetched)
     # before an alarm; spaced like send retries (``backoff_base_s`` doubling, capped).
     inclusion_attempts: int = 10
+    # Seconds between retention sweeps (``retention_once``); deadlines are days apart.
+    retention_interval_s: float = 3600.0
 
 
 @dataclass(frozen=True)
 class Identity:
-    """The partner's own keys, loaded once from the partner folder."""
+    """The partner's own keys, loaded from the partner folder (again after each directory
+    refresh, so a rotated key file is picked up without a restart).
+
+    ``sign_key`` is the one ``adapter.toml`` names; ``sign_keys`` holds it and its rotated
+    successors beside it (``adapters.config.key_family``), oldest first: the adapter signs
+    with the newest one the directory lists as active (``Adapter.own_sign_key``). Every
+    encrypt key found is held, retired ones too, for messages still queued to them.
+    """
 
     partner_id: str
     sign_key: Ed25519KeyPair
     encrypt_keys: Mapping[str, HybridKemKeyPair]
     outbox_key: bytes
     tls: TlsFiles
+    sign_keys: tuple[Ed25519KeyPair, ...] = ()
 
     @classmethod
     def load(cls, config: AdapterConfig, environ: Mapping[str, str] | None = None) -> Identity:
@@ -291,8 +306,13 @@ class Identity:
         source = PassphraseSource.parse(config.keys.passphrase) if config.keys.passphrase else None
         try:
             passphrase = resolve_passphrase(source, environ) if source else None
-            sign = load_ed25519_key(config.path(config.keys.sign), KeyUse.SIGN, passphrase)
-            encrypt = [load_encrypt_key(config.path(p), passphrase) for p in config.keys.encrypt]
+            signs = [
+                load_ed25519_key(path, KeyUse.SIGN, passphrase)
+                for path in key_family(config.path(config.keys.sign))
+            ]
+            sign = signs[0]
+            paths = [q for p in config.keys.encrypt for q in key_family(config.path(p))]
+            encrypt = [load_encrypt_key(path, passphrase) for path in dict.fromkeys(paths)]
             outbox_key = read_outbox_key(config.path(config.keys.outbox))
         except Exception as exc:  # keys' own errors and OSError: one line for the operator
             raise AdapterError(f"cannot load the keys of {config.partner.id}: {exc}") from exc
@@ -301,6 +321,7 @@ class Identity:
             sign_key=sign,
             encrypt_keys={k.kid: k for k in encrypt},
             outbox_key=outbox_key,
+            sign_keys=tuple(signs),
             tls=TlsFiles(
                 certificate=config.path(config.tls.cert),
                 private_key=config.path(config.tls.key),
@@ -431,6 +452,8 @@ class Adapter:
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or EngineSettings()
         self.identity = identity or Identity.load(config, environ)
+        # Keys given by the caller are kept; keys from the folder are re-read on each refresh.
+        self._reload_identity = identity is None
         self.partner_id = config.partner.id
         self.gateway_url = gateway_url or config.gateway.url
         self.metrics = AdapterMetrics(self.partner_id)
@@ -726,7 +749,7 @@ class Adapter:
         ]
         envelope = seal(
             sender=self.partner_id,
-            sign_key=self.identity.sign_key,
+            sign_key=self.own_sign_key(directory, now),
             recipients=recipients,
             body=row.body,
             message_id=row.message_id,
@@ -1112,7 +1135,7 @@ class Adapter:
                     received_at=now,
                     plaintext_hash=hashlib.sha256(checked.opened.body).hexdigest(),
                 ),
-                self.identity.sign_key,
+                self.own_sign_key(None, now),
             )
         )
         subjects = set(header.subjects)
@@ -1159,7 +1182,7 @@ class Adapter:
                     reason=rejected.reason,
                     detail=rejected.detail[:1000],
                 ),
-                self.identity.sign_key,
+                self.own_sign_key(None, now),
             )
         )
         self.store.record_inbound(
@@ -1229,6 +1252,12 @@ class Adapter:
                     RejectionReason.CANNOT_OPEN, str(exc), self._header_digest(delivery.envelope)
                 ) from None
             except EnvelopeError as exc:
+                # Sealed to an own encrypt key not yet held (rotated while running): re-read
+                # the key files and the directory once.
+                if attempt == 0 and exc.reason is EnvelopeReason.NO_RECIPIENT_KEY:
+                    await self.refresh_directory()
+                    self.reload_keys()
+                    continue
                 reason = _ENVELOPE_REJECTION.get(exc.reason, RejectionReason.CANNOT_OPEN)
                 raise _Rejected(reason, str(exc), self._header_digest(delivery.envelope)) from None
         raise _NotNow("unreachable")  # pragma: no cover - the loop returns or raises
@@ -1368,7 +1397,30 @@ class Adapter:
             return False
         self._token_cache.clear()
         self.metrics.directory(self.directory.version, stale=False)
+        self.reload_keys()
         return True
+
+    def reload_keys(self) -> None:
+        """Re-read the partner's key files (a rotated key written beside the old one); keep
+        the keys held if that fails (an alarm-free warning: the old keys still work)."""
+        if not self._reload_identity:
+            return
+        try:
+            self.identity = Identity.load(self.config, self._environ)
+        except AdapterError as exc:
+            logger.warning("key_reload_failed", extra={"detail": str(exc)})
+
+    def own_sign_key(self, directory: Directory | None, now: int) -> Ed25519KeyPair:
+        """The newest own sign key the directory lists as active at ``now`` (the last good
+        directory when ``None``); the configured one when none is (or no directory is)."""
+        if directory is None:
+            try:
+                directory = self.directory.current(now)
+            except DirectoryUnavailableError:
+                return self.identity.sign_key
+        keys = self.identity.sign_keys or (self.identity.sign_key,)
+        chosen = newest_active(keys, directory, self.partner_id, KeyUse.SIGN, now)
+        return chosen if chosen is not None else self.identity.sign_key
 
     async def witness_once(self) -> None:
         """Fetch the gateway's head checkpoint and check it against every one kept."""
@@ -1420,6 +1472,37 @@ class Adapter:
             self._wake.set()
         return requeued
 
+    # -- retention and witness exchange (hooks: adapters.retention, adapters.witness) ------
+
+    async def retention_once(self) -> RetainedCounts:
+        """Delete what belongs to approaches past their token's retention deadline."""
+        return apply_retention(self.store, self.metrics, self.clock.now())
+
+    def witness_exchange(self) -> WitnessExchange:
+        """The peer exchange configured in ``[witness]`` (docs/adr/0010)."""
+        w = self.config.witness
+        peers = [
+            (peer.id, url_fetch(peer.url) if peer.url else file_fetch(self.config.path(peer.path)))
+            for peer in w.peers
+        ]
+        return WitnessExchange(
+            self.store, self.witness, self.partner_id, self.config.path(w.publish), peers
+        )
+
+    async def exchange_witness_once(self) -> list[PeerView]:
+        """Publish our latest checkpoint, signed, and check every peer's against ours; a peer
+        shown another log is a ``witness`` alarm."""
+        now = self.clock.now()
+        directory = self.current_directory()
+        exchange = self.witness_exchange()
+        exchange.publish(self.own_sign_key(directory, now), now)
+        views = await exchange.check_peers(directory, self._consistency, now)
+        for view in views:
+            self.metrics.witness_exchange(view.status)
+            if view.status == "inconsistent":
+                self.alarm(AlarmKind.WITNESS, view.detail)
+        return views
+
     # -- health --------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -1458,6 +1541,12 @@ class Adapter:
             ),
             asyncio.create_task(
                 self._loop(self.witness_once, self.settings.witness_interval_s, stop)
+            ),
+            asyncio.create_task(
+                self._loop(self.exchange_witness_once, float(self.config.witness.exchange_s), stop)
+            ),
+            asyncio.create_task(
+                self._loop(self.retention_once, self.settings.retention_interval_s, stop)
             ),
         ]
         try:

@@ -65,6 +65,19 @@ class AdapterMetrics:
             "Checkpoints inconsistent with one seen before (fork, smaller tree, bad proof).",
             registry=r,
         )
+        self._retention_deleted = Counter(
+            PREFIX + "retention_deleted",
+            "Rows deleted at approach tokens' retention deadlines, by table.",
+            ["kind"],
+            registry=r,
+        )
+        self._witness_exchange = Counter(
+            PREFIX + "witness_exchanges",
+            "Peers' witness statements read, by outcome (consistent, pending, inconsistent, "
+            "invalid, unavailable).",
+            ["outcome"],
+            registry=r,
+        )
         self._depth = Gauge(
             PREFIX + "outbox_depth", "Outbox rows not yet accepted or refused.", registry=r
         )
@@ -112,6 +125,12 @@ class AdapterMetrics:
         self._alarms.labels(kind).inc()
         if kind == "witness":
             self._witness.inc()
+
+    def retention_deleted(self, kind: str, count: int) -> None:
+        self._retention_deleted.labels(kind).inc(count)
+
+    def witness_exchange(self, outcome: str) -> None:
+        self._witness_exchange.labels(outcome).inc()
 
     def set_outbox_depth(self, depth: int) -> None:
         self._depth.set(depth)

@@ -22,6 +22,11 @@ Rules kept here:
   inconsistency the gateway showed.
 * **Processing log** (migration 2): the Logboek Dataverwerkingen records of
   ``adapters.processing_log``, one row per span id, never updated (``INSERT OR IGNORE``).
+* **Retention** (migration 3, ``apply_retention``): at a token's ``retention_until`` (read from
+  the signed token when it is stored) the approach's outbox rows, their outcomes, processed-id
+  rows, pseudonym mapping, processing-log records and the token with its private part are
+  deleted in one transaction; ``secure_delete`` zeroes them in the file and the WAL is
+  truncated after, so nothing of the subject lingers in free pages.
 * Migrations are versioned by ``PRAGMA user_version`` and only ever appended to ``MIGRATIONS``.
 * Calls are synchronous and short (a local file); the engine runs them on its event loop.
 """
@@ -36,7 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import msgspec
+
 from adapters.errors import AdapterError
+from gateway.protocol.errors import ProtocolError
+from gateway.protocol.token import decode_signed
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the first schema.
@@ -155,9 +164,41 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX processing_log_trace ON processing_log (trace_id);
     CREATE INDEX processing_log_token ON processing_log (token_id);
     """,
+    # 3: retention (``apply_retention``): each token's retention deadline beside it, filled from
+    # the signed token when it is stored (and, for rows stored before, by the first sweep).
+    """
+    ALTER TABLE tokens ADD COLUMN retention_until INTEGER;
+    CREATE INDEX tokens_retention ON tokens (retention_until);
+    """,
 )
 
 OUTBOX_STATES: Final = ("queued", "sent", "accepted", "disputed", "refused")
+
+
+@dataclass(frozen=True)
+class RetainedCounts:
+    """What ``apply_retention`` deleted: rows per table, and tokens whose deadline passed."""
+
+    tokens: int = 0
+    outbox: int = 0
+    outcomes: int = 0
+    inbound: int = 0
+    pseudonyms: int = 0
+    processing_log: int = 0
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(name, int(getattr(self, name))) for name in self.__dataclass_fields__]
+
+
+def _retention_until(signed: bytes) -> int | None:
+    """The ``retention_until`` of an encoded signed token; None if it does not decode (a
+    token that does not decode was never accepted, but is not kept past a sweep either)."""
+    try:
+        payload = msgspec.msgpack.decode(decode_signed(signed).payload)
+        value = payload["retention_until"]
+    except (msgspec.DecodeError, ProtocolError, KeyError, TypeError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 class StoreError(AdapterError):
@@ -265,6 +306,17 @@ class Alarm:
     raised_at: int
 
 
+# Tables whose rows belong to one approach, deleted at its retention deadline (the token row
+# last). Whole statements: no value is formatted into SQL.
+_RETAINED_BY_TOKEN: Final = ("outbox", "inbound", "pseudonyms", "processing_log", "tokens")
+_RETENTION_DELETE: Final = {
+    "outbox": "DELETE FROM outbox WHERE token_id = ?",
+    "inbound": "DELETE FROM inbound WHERE token_id = ?",
+    "pseudonyms": "DELETE FROM pseudonyms WHERE token_id = ?",
+    "processing_log": "DELETE FROM processing_log WHERE token_id = ?",
+    "tokens": "DELETE FROM tokens WHERE token_id = ?",
+}
+
 # A constant: no caller's value is ever formatted into SQL (all values are bound parameters).
 _SELECT_OUTBOX: Final = (
     "SELECT seq, record_id, message_id, created_at, token_id, recipients, message_type, body, "
@@ -310,6 +362,9 @@ class AdapterStore:
         # receipt never refers to a row a power cut could take back.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Deleted content is zeroed in the file (retention: nothing of a subject may linger in
+        # free pages).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._migrate()
 
     def close(self) -> None:
@@ -622,6 +677,10 @@ class AdapterStore:
                 now,
             ),
         )
+        db.execute(
+            "UPDATE tokens SET retention_until = ? WHERE token_id = ? AND retention_until IS NULL",
+            (_retention_until(token.signed), token.token_id),
+        )
 
     def put_token(
         self, token: TokenRow, now: int, pseudonyms: Iterable[tuple[str, str]] = ()
@@ -662,6 +721,44 @@ class AdapterStore:
             (local_id,),
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
+
+    # -- retention -----------------------------------------------------------------------
+
+    def apply_retention(self, now: int) -> RetainedCounts:
+        """Delete everything of each approach whose token's ``retention_until`` <= ``now``:
+        outbox rows (bodies, envelopes, receipts with their audit entries), their outcomes,
+        processed-id rows, the pseudonym mapping, processing-log records and the token with its
+        private part. One transaction; then the WAL is checkpointed and truncated so no old
+        page image stays (``secure_delete`` zeroes the pages in the file itself)."""
+        with self.transaction() as db:
+            for token_id, signed in db.execute(
+                "SELECT token_id, signed FROM tokens WHERE retention_until IS NULL"
+            ).fetchall():
+                # Stored before migration 3; an undecodable token is due at once.
+                until = _retention_until(bytes(signed))
+                db.execute(
+                    "UPDATE tokens SET retention_until = ? WHERE token_id = ?",
+                    (0 if until is None else until, token_id),
+                )
+            due = [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT token_id FROM tokens WHERE retention_until <= ? ORDER BY token_id",
+                    (now,),
+                ).fetchall()
+            ]
+            counts = {name: 0 for name in RetainedCounts.__dataclass_fields__}
+            for token_id in due:
+                counts["outcomes"] += db.execute(
+                    "DELETE FROM outcomes WHERE message_id IN"
+                    " (SELECT message_id FROM outbox WHERE token_id = ?)",
+                    (token_id,),
+                ).rowcount
+                for table in _RETAINED_BY_TOKEN:
+                    counts[table] += db.execute(_RETENTION_DELETE[table], (token_id,)).rowcount
+        if due:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return RetainedCounts(**counts)
 
     # -- witness -------------------------------------------------------------------------
 

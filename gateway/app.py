@@ -20,6 +20,13 @@ Rules kept here:
 * The operator listener is plain HTTP: ``/metrics``, ``/healthz`` (the process is alive) and
   ``/readyz`` (this replica can reach its store — nothing more, so an expiring directory never
   takes every replica out of the load balancer at once).
+* **Publishing a directory** (``POST /v1/directory`` for a partner, ``POST /directory`` on the
+  operator listener): the bundle authenticates itself (threshold signatures of the officers,
+  the key authority's timestamp, versions that never go back), so whoever carries it in need
+  not be trusted: any authenticated partner, or the operator on the operator listener. It is
+  verified against the gateway's trusted state, persisted and served without a restart; a
+  refusal is a problem document whose ``reason`` is the ``keys`` reason
+  (``directory_rollback``, ``directory_threshold``, ``directory_timestamp_stale``, …).
 """
 
 from __future__ import annotations
@@ -41,11 +48,11 @@ import yaml
 from aiohttp import web
 
 from gateway.metrics import UNMATCHED_ROUTE, GatewayMetrics
-from gateway.protocol.reasons import PROBLEM_CONTENT_TYPE, problem
-from gateway.relay import Refusal, Relay
+from gateway.protocol.reasons import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, problem
+from gateway.relay import PublishableDirectorySource, Refusal, Relay
 from gateway.signer import GatewaySigner
-from keys import Partner
-from keys.signed_directory import encode_bundle, read_bundle
+from keys import DirectoryError, KeysReason, Partner
+from keys.signed_directory import decode_bundle, encode_bundle, read_bundle
 
 logger = logging.getLogger("gateway.app")
 
@@ -373,6 +380,53 @@ async def get_directory(request: web.Request) -> web.Response:
     return web.Response(body=encode_bundle(bundle), content_type="application/json")
 
 
+# HTTP status of a refused directory publication, by ``keys`` reason; anything else is 422.
+_DIRECTORY_STATUS: Final = {
+    KeysReason.DIRECTORY_MALFORMED: 400,
+    KeysReason.DIRECTORY_ROLLBACK: 409,
+    KeysReason.DIRECTORY_MISMATCH: 409,
+}
+
+
+def directory_problem(exc: DirectoryError) -> web.Response:
+    """A refused publication as problem+json: the ``keys`` reason, never transient (the same
+    bundle is refused again; the officers or the key authority must publish another)."""
+    status = _DIRECTORY_STATUS.get(exc.reason, 422)
+    return web.json_response(
+        {
+            "type": PROBLEM_TYPE_BASE + exc.reason.value,
+            "title": "The directory bundle is refused.",
+            "status": status,
+            "detail": str(exc),
+            "reason": exc.reason.value,
+            "transient": False,
+        },
+        status=status,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+async def _publish(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    source = runtime.relay.directories
+    if not isinstance(source, PublishableDirectorySource):
+        raise web.HTTPNotFound(reason="this gateway takes no published directory")
+    body = await request.read()
+    try:
+        directory = await asyncio.to_thread(
+            source.publish, decode_bundle(body), runtime.relay.clock.now()
+        )
+    except DirectoryError as exc:
+        logger.warning("directory_publish_refused", extra={"reason": exc.reason.value})
+        return directory_problem(exc)
+    return web.json_response({"version": directory.version, "partners": len(directory.partners())})
+
+
+async def publish_directory(request: web.Request) -> web.Response:
+    _caller(request)
+    return await _publish(request)
+
+
 async def get_checkpoint(request: web.Request) -> web.Response:
     _caller(request)
     runtime = request.app[RUNTIME]
@@ -474,6 +528,7 @@ def create_partner_app(runtime: Runtime) -> web.Application:
     app.router.add_post("/v1/approaches/{token_id}/revocation", revoke_approach)
     app.router.add_get("/v1/approaches/{token_id}", get_approach)
     app.router.add_get("/v1/directory", get_directory)
+    app.router.add_post("/v1/directory", publish_directory)
     app.router.add_get("/v1/audit/checkpoint", get_checkpoint)
     app.router.add_get("/v1/audit/proof", get_proof)
     app.router.add_get("/v1/openapi.yaml", openapi_yaml)
@@ -509,9 +564,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def create_operator_app(runtime: Runtime) -> web.Application:
-    app = web.Application()
+    # Room for a directory bundle (``POST /directory``); nothing else here takes a body.
+    app = web.Application(client_max_size=MAX_SMALL_BODY_BYTES + BODY_SLACK_BYTES)
     app[RUNTIME] = runtime
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post("/directory", _publish)
     return app

@@ -22,6 +22,12 @@ Rules kept here (issue 3, item 8):
   adapters (DESIGN.md layering): it speaks HTTP with aiohttp directly. A development
   deployment is made by running ``ketenpost init`` as a subprocess, as a user would.
 * The machine is shared and noisy: compare figures as ratios within one run.
+* PostgreSQL in the same run (issue 5, item 5): after SQLite, the same pre-sealed envelopes are
+  relayed through one ``ketenpost serve`` on a fresh PostgreSQL schema (``postgres_1``), then
+  through two on another fresh schema (``postgres_2``: senders split across both replicas,
+  pollers on either, the sender-event drainer on the first). Each schema is created for the run
+  (``?search_path=`` in the store URL) and dropped after it. An unreachable server skips both
+  with the reason in the JSON (``{"skipped": ...}``); the SQLite figures stand alone then.
 
 ``GatewayProcess`` and ``Covenant`` are reused by the crash-safety test.
 """
@@ -47,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +97,18 @@ TARGET_MSGS_PER_S: Final = 3000.0
 TARGET_ACCEPT_P99_MS: Final = 25.0
 # How long to wait for a process to listen, and for a run to finish, before giving up.
 READY_TIMEOUT_S: Final = 30.0
+# The PostgreSQL server of ``--postgres`` unless given (``KETENPOST_BENCH_PG_URL`` overrides).
+DEFAULT_PG_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
+PG_CONNECT_TIMEOUT_S: Final = 5.0
+# Figures compared with SQLite's in ``postgres_N.ratio_to_sqlite``.
+RATIO_FIGURES: Final = (
+    "relay_msgs_per_s",
+    "accept_p50_ms",
+    "accept_p99_ms",
+    "accept_to_receipt_p50_ms",
+    "accept_to_receipt_p99_ms",
+    "gateway_cpu_s_per_1000_msgs",
+)
 RUN_TIMEOUT_S: Final = 600.0
 # The rate limit is a protection against a misbehaving partner, not part of the relay's
 # cost; the benchmark raises it so that it does not cap the measurement.
@@ -101,6 +120,10 @@ BENCH_ENV: Final = {
 
 class BenchError(Exception):
     """The benchmark could not run (a process did not start, a request was refused)."""
+
+
+class PostgresUnreachable(Exception):
+    """The PostgreSQL server of the run cannot be reached: its parts are skipped."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +139,8 @@ class BenchSettings:
     crypto_samples: int = 1_000
     quick: bool = False
     profile: Path | None = None
+    # PostgreSQL server for the postgres_1 / postgres_2 runs; None: SQLite only.
+    postgres: str | None = None
 
 
 QUICK: Final = BenchSettings(messages=3_000, ceiling_requests=3_000, crypto_samples=300, quick=True)
@@ -174,9 +199,12 @@ class GatewayProcess:
         env: Mapping[str, str] | None = None,
         log: Path | None = None,
         profile: Path | None = None,
+        store_url: str | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        # A postgresql:// URL instead of the SQLite file ``store``.
+        self._store_url = store_url
         self.env = {**os.environ, **(env or {})}
         self.log = log
         self.profile = profile
@@ -206,6 +234,8 @@ class GatewayProcess:
 
     @property
     def store_url(self) -> str:
+        if self._store_url is not None:
+            return self._store_url
         return f"sqlite://{self.store.resolve()}"
 
     def command(self) -> list[str]:
@@ -611,12 +641,14 @@ class RelayLoad:
     def __init__(
         self,
         covenant: Covenant,
-        url: str,
+        url: str | Sequence[str],
         settings: BenchSettings,
         sealed: Sequence[Sealed],
     ) -> None:
         self.covenant = covenant
-        self.url = url
+        # Several URLs: replicas of one store; senders and pollers are spread over them.
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.url = self.urls[0]
         self.settings = settings
         self.by_id = {s.message_id: s for s in sealed}
         self.halt_key = covenant.sign_key(RECIPIENT)
@@ -638,13 +670,14 @@ class RelayLoad:
                 detail = await response.text()
                 raise BenchError(f"token registration refused ({response.status}): {detail}")
 
-    async def send(self, session: aiohttp.ClientSession, items: Sequence[Sealed]) -> None:
+    async def send(
+        self, session: aiohttp.ClientSession, items: Sequence[Sealed], url: str | None = None
+    ) -> None:
         headers = {"Content-Type": ENVELOPE_CONTENT_TYPE}
+        target = (url or self.url) + "/v1/messages"
         for item in items:
             started = time.perf_counter()
-            async with session.post(
-                self.url + "/v1/messages", data=item.envelope, headers=headers
-            ) as response:
+            async with session.post(target, data=item.envelope, headers=headers) as response:
                 body = await response.read()
                 done = time.perf_counter()
             if response.status != 202:
@@ -657,10 +690,11 @@ class RelayLoad:
             self.run.accept_ms.append((done - started) * 1000)
             self.run.accepted_at[item.message_id] = done
 
-    async def receive(self, session: aiohttp.ClientSession) -> None:
+    async def receive(self, session: aiohttp.ClientSession, url: str | None = None) -> None:
+        base = url or self.url
         params = {"wait": "1", "limit": str(self.settings.poll_limit)}
         while not self.stopping:
-            async with session.get(self.url + "/v1/inbox", params=params) as response:
+            async with session.get(base + "/v1/inbox", params=params) as response:
                 if response.status != 200:
                     raise BenchError(f"inbox answered {response.status}")
                 doc = await response.json()
@@ -679,7 +713,7 @@ class RelayLoad:
                 "rejections": [],
                 "acks": [],
             }
-            async with session.post(self.url + "/v1/receipts", json=payload) as response:
+            async with session.post(base + "/v1/receipts", json=payload) as response:
                 if response.status != 200:
                     raise BenchError(
                         f"receipts answered {response.status}: {await response.text()}"
@@ -714,8 +748,11 @@ class RelayLoad:
         self.all_receipted.clear()
         n = self.settings.senders
         slices = [items[i::n] for i in range(n)]
+        urls = self.urls
         started = time.perf_counter()
-        await asyncio.gather(*(self.send(sender, s) for s in slices if s))
+        await asyncio.gather(
+            *(self.send(sender, s, urls[i % len(urls)]) for i, s in enumerate(slices) if s)
+        )
         await asyncio.wait_for(self.all_receipted.wait(), RUN_TIMEOUT_S)
         last = max(self.run.receipted_at[m] for m in self.expected)
         return last - started
@@ -760,32 +797,37 @@ class CpuShares:
 
 async def measure_relay(
     covenant: Covenant,
-    gateway: GatewayProcess,
+    gateway: GatewayProcess | Sequence[GatewayProcess],
     settings: BenchSettings,
     token: RegisteredToken,
     sealed: Sequence[Sealed],
 ) -> tuple[RelayRun, float, int, CpuShares]:
     """Run warm-up then the measured phase. Returns the run, its seconds, the measured
-    message count and the CPU spent during the measured phase."""
-    load = RelayLoad(covenant, gateway.url, settings, sealed)
+    message count and the CPU spent during the measured phase (of all gateways). Several
+    gateways (replicas of one store): senders and pollers are spread over them."""
+    gateways = [gateway] if isinstance(gateway, GatewayProcess) else list(gateway)
+    load = RelayLoad(covenant, [g.url for g in gateways], settings, sealed)
     await load.register(token)
     warmup = min(len(sealed) // 10, settings.senders * 4)
     sender = _session(covenant.client_ssl(SENDER), settings.senders)
     recipient = _session(covenant.client_ssl(RECIPIENT), settings.pollers * 2)
     drainer = _session(covenant.client_ssl(SENDER), 2)
     async with sender, recipient, drainer:
-        background = [asyncio.create_task(load.receive(recipient)) for _ in range(settings.pollers)]
+        background = [
+            asyncio.create_task(load.receive(recipient, load.urls[i % len(load.urls)]))
+            for i in range(settings.pollers)
+        ]
         background.append(asyncio.create_task(load.drain_events(drainer)))
         try:
             await load.phase(sender, sealed[:warmup])
             load.run.accept_ms.clear()
-            cpu_before = gateway.cpu_seconds()
+            cpu_before = sum(g.cpu_seconds() for g in gateways)
             own_before = _own_cpu_seconds()
             busy_before, total_before = machine_cpu_seconds()
             elapsed = await load.phase(sender, sealed[warmup:])
             busy_after, total_after = machine_cpu_seconds()
             cpu = CpuShares(
-                gateway_s=gateway.cpu_seconds() - cpu_before,
+                gateway_s=sum(g.cpu_seconds() for g in gateways) - cpu_before,
                 loadgen_s=_own_cpu_seconds() - own_before,
                 machine_busy_s=busy_after - busy_before,
                 machine_total_s=total_after - total_before,
@@ -834,6 +876,170 @@ def _round(value: float, digits: int = 2) -> float:
     return round(value, digits)
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What every backend's relay run of one benchmark shares."""
+
+    covenant: Covenant
+    settings: BenchSettings
+    token: RegisteredToken
+    sealed: Sequence[Sealed]
+    ceiling: float
+    workdir: Path
+
+
+async def _relay_figures(
+    shared: _Shared, name: str, *, replicas: int = 1, store_url: str | None = None
+) -> dict[str, Any]:
+    """Relay ``shared.sealed`` through ``replicas`` gateways on one fresh store (a SQLite file
+    in the work folder, or ``store_url``); stop them (exit 0 required), verify the audit log;
+    the figures of the run."""
+    covenant, settings = shared.covenant, shared.settings
+    gateways = [
+        GatewayProcess(
+            covenant.gateway_config,
+            shared.workdir / f"{name}.db",
+            env={**BENCH_ENV, "KETENPOST_LOG__LEVEL": "warning"},
+            log=shared.workdir / f"gateway-{name}-{i + 1}.log",
+            profile=settings.profile if store_url is None else None,
+            store_url=store_url,
+        )
+        for i in range(replicas)
+    ]
+    gateways[0].migrate()
+    try:
+        for gateway in gateways:
+            gateway.start()
+        for gateway in gateways:
+            await gateway.wait_ready()
+        run, elapsed, measured, cpu = await measure_relay(
+            covenant, gateways, settings, shared.token, shared.sealed
+        )
+    finally:
+        exit_codes = [gateway.stop() for gateway in gateways]
+    for gateway, exit_code in zip(gateways, exit_codes, strict=True):
+        if exit_code != 0:
+            raise BenchError(f"the gateway exited with {exit_code}{gateway._log_tail()}")
+    audit = json.loads(
+        run_ketenpost(
+            "audit",
+            "verify",
+            "--config",
+            str(covenant.gateway_config),
+            "--store",
+            gateways[0].store_url,
+            env=gateways[0].env,
+        )
+    )
+    to_receipt = [max(0.0, (run.receipted_at[m] - t) * 1000) for m, t in run.accepted_at.items()]
+    relay_rate = measured / elapsed
+    cores = os.cpu_count() or 1
+    # Of the machine's CPU during the measured phase (all cores = 1.0): the gateway(s), the
+    # load generator, and everything else (PostgreSQL; other work on a shared machine).
+    machine_total = cpu.machine_total_s or elapsed * cores
+    other = max(0.0, cpu.machine_busy_s - cpu.gateway_s - cpu.loadgen_s)
+    return {
+        "relay_msgs_per_s": _round(relay_rate, 1),
+        "ceiling_req_per_s": _round(shared.ceiling, 1),
+        "relay_to_ceiling_ratio": _round(relay_rate / shared.ceiling, 3),
+        "accept_p50_ms": _round(percentile(run.accept_ms, 50)),
+        "accept_p99_ms": _round(percentile(run.accept_ms, 99)),
+        "accept_to_receipt_p50_ms": _round(percentile(to_receipt, 50)),
+        "accept_to_receipt_p99_ms": _round(percentile(to_receipt, 99)),
+        "accept_mean_ms": _round(statistics.fmean(run.accept_ms) if run.accept_ms else 0.0),
+        "senders": settings.senders,
+        "pollers": settings.pollers,
+        "messages": measured,
+        "warmup_messages": len(shared.sealed) - measured,
+        "relay_seconds": _round(elapsed, 3),
+        "deliveries": run.deliveries,
+        "redeliveries": max(0, run.deliveries - len(shared.sealed)),
+        "receipt_posts": run.receipt_posts,
+        "sender_events_acked": run.events_acked,
+        "refused": run.refused,
+        "gateway_cpu_s_per_1000_msgs": _round(cpu.gateway_s / measured * 1000, 3),
+        "loadgen_cpu_s_per_1000_msgs": _round(cpu.loadgen_s / measured * 1000, 3),
+        # Cores in use on average during the measured phase (all replicas together).
+        "gateway_cores": _round(cpu.gateway_s / elapsed),
+        "loadgen_cores": _round(cpu.loadgen_s / elapsed),
+        "cpu_share": {
+            "gateway": _round(cpu.gateway_s / machine_total, 3),
+            "loadgen": _round(cpu.loadgen_s / machine_total, 3),
+            "other_processes": _round(other / machine_total, 3),
+            "idle": _round(max(0.0, 1 - cpu.machine_busy_s / machine_total), 3),
+        },
+        "audit_verified": bool(audit.get("ok")),
+        "audit_leaves": audit.get("leaves"),
+    }
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    """``url`` with ``search_path=schema`` among its query parameters (replacing any)."""
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "search_path"]
+    query.append(("search_path", schema))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def shown_url(url: str) -> str:
+    """``url`` without a password and query, for the result document."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+async def _pg_admin(url: str) -> Any:
+    """An asyncpg connection to ``url``; ``PostgresUnreachable`` (with the reason) if none."""
+    try:
+        import asyncpg  # noqa: PLC0415 - the optional ``postgres`` extra
+    except ImportError:
+        raise PostgresUnreachable("asyncpg (the postgres extra) is not installed") from None
+    try:
+        return await asyncpg.connect(url, timeout=PG_CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise PostgresUnreachable(f"{type(exc).__name__}: {exc}") from None
+
+
+async def _postgres_figures(shared: _Shared, url: str, replicas: int) -> dict[str, Any]:
+    """One PostgreSQL run with ``replicas`` gateways on a fresh schema, dropped afterwards."""
+    admin = await _pg_admin(url)
+    schema = f"kp_bench_{secrets.token_hex(6)}"
+    try:
+        version = str(await admin.fetchval("SHOW server_version"))
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            figures = await _relay_figures(
+                shared,
+                f"postgres-{replicas}",
+                replicas=replicas,
+                store_url=_with_search_path(url, schema),
+            )
+        finally:
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await admin.close()
+    figures["replicas"] = replicas
+    figures["gateway"] = {
+        "store": "postgresql",
+        "server": shown_url(url),
+        "server_version": version,
+        "replicas": replicas,
+        "tls": "mTLS (client certificates required)",
+        "log_level": "warning",
+        "rate_limit": "raised for the benchmark (shared across replicas)",
+    }
+    return figures
+
+
+def _ratios(figures: dict[str, Any], sqlite: dict[str, Any]) -> dict[str, float]:
+    """``figures`` / SQLite's, per ``RATIO_FIGURES`` (same run, so the ratios hold)."""
+    return {
+        name: _round(figures[name] / sqlite[name], 3) for name in RATIO_FIGURES if sqlite.get(name)
+    }
+
+
 async def run_bench(settings: BenchSettings, workdir: Path) -> dict[str, Any]:
     """One complete benchmark in ``workdir``; the result document."""
     run_started = time.perf_counter()
@@ -849,94 +1055,56 @@ async def run_bench(settings: BenchSettings, workdir: Path) -> dict[str, Any]:
     ceiling = await measure_ceiling(
         covenant, settings, [s.envelope for s in sealed[: settings.senders * 8]]
     )
-    gateway = GatewayProcess(
-        covenant.gateway_config,
-        workdir / "ketenpost.db",
-        env={**BENCH_ENV, "KETENPOST_LOG__LEVEL": "warning"},
-        log=workdir / "gateway.log",
-        profile=settings.profile,
+    shared = _Shared(covenant, settings, token, sealed, ceiling, workdir)
+    result = await _relay_figures(shared, "ketenpost")
+    accept_p99 = result["accept_p99_ms"]
+    relay_rate = result["relay_msgs_per_s"]
+    result.update(
+        {
+            "seals_per_s": _round(crypto.seals_per_s, 1),
+            "opens_per_s": _round(crypto.opens_per_s, 1),
+            "verify_per_s": _round(crypto.verify_per_s, 1),
+            "targets": {
+                "relay_msgs_per_s": TARGET_MSGS_PER_S,
+                "accept_p99_ms": TARGET_ACCEPT_P99_MS,
+            },
+            "targets_met": {
+                "relay_msgs_per_s": relay_rate >= TARGET_MSGS_PER_S,
+                "accept_p99_ms": accept_p99 <= TARGET_ACCEPT_P99_MS,
+            },
+            "gateway": {
+                "store": "sqlite",
+                "synchronous": "FULL",
+                "tls": "mTLS (client certificates required)",
+                "log_level": "warning",
+                "rate_limit": "raised for the benchmark",
+            },
+        }
     )
-    gateway.migrate()
-    gateway.start()
-    try:
-        await gateway.wait_ready()
-        run, elapsed, measured, cpu = await measure_relay(
-            covenant, gateway, settings, token, sealed
-        )
-    finally:
-        exit_code = gateway.stop()
-    if exit_code != 0:
-        raise BenchError(f"the gateway exited with {exit_code}{gateway._log_tail()}")
-    audit = json.loads(
-        run_ketenpost(
-            "audit",
-            "verify",
-            "--config",
-            str(covenant.gateway_config),
-            "--store",
-            gateway.store_url,
-        )
+    for replicas in (1, 2):
+        key = f"postgres_{replicas}"
+        if settings.postgres is None:
+            result[key] = {"skipped": "not requested (--no-postgres)"}
+            continue
+        try:
+            figures = await _postgres_figures(shared, settings.postgres, replicas)
+        except PostgresUnreachable as exc:
+            result[key] = {
+                "skipped": f"PostgreSQL at {shown_url(settings.postgres)} is not reachable "
+                f"({exc}); the SQLite figures stand alone"
+            }
+            continue
+        figures["ratio_to_sqlite"] = _ratios(figures, result)
+        result[key] = figures
+    result.update(
+        {
+            "quick": settings.quick,
+            "machine": machine_info(loadavg_before),
+            "started_at": datetime.datetime.fromtimestamp(now, tz=datetime.UTC).isoformat(),
+            "duration_s": _round(time.perf_counter() - run_started, 1),
+        }
     )
-    to_receipt = [max(0.0, (run.receipted_at[m] - t) * 1000) for m, t in run.accepted_at.items()]
-    relay_rate = measured / elapsed
-    cores = os.cpu_count() or 1
-    # Of the machine's CPU during the measured phase (all cores = 1.0): the gateway, the load
-    # generator, and everything else (other work on a shared machine).
-    machine_total = cpu.machine_total_s or elapsed * cores
-    other = max(0.0, cpu.machine_busy_s - cpu.gateway_s - cpu.loadgen_s)
-    accept_p99 = percentile(run.accept_ms, 99)
-    return {
-        "relay_msgs_per_s": _round(relay_rate, 1),
-        "ceiling_req_per_s": _round(ceiling, 1),
-        "relay_to_ceiling_ratio": _round(relay_rate / ceiling, 3),
-        "accept_p50_ms": _round(percentile(run.accept_ms, 50)),
-        "accept_p99_ms": _round(accept_p99),
-        "accept_to_receipt_p50_ms": _round(percentile(to_receipt, 50)),
-        "accept_to_receipt_p99_ms": _round(percentile(to_receipt, 99)),
-        "accept_mean_ms": _round(statistics.fmean(run.accept_ms) if run.accept_ms else 0.0),
-        "senders": settings.senders,
-        "pollers": settings.pollers,
-        "messages": measured,
-        "warmup_messages": len(sealed) - measured,
-        "relay_seconds": _round(elapsed, 3),
-        "deliveries": run.deliveries,
-        "redeliveries": max(0, run.deliveries - len(sealed)),
-        "receipt_posts": run.receipt_posts,
-        "sender_events_acked": run.events_acked,
-        "refused": run.refused,
-        "gateway_cpu_s_per_1000_msgs": _round(cpu.gateway_s / measured * 1000, 3),
-        "loadgen_cpu_s_per_1000_msgs": _round(cpu.loadgen_s / measured * 1000, 3),
-        # Cores in use on average during the measured phase, and shares of the machine.
-        "gateway_cores": _round(cpu.gateway_s / elapsed),
-        "loadgen_cores": _round(cpu.loadgen_s / elapsed),
-        "cpu_share": {
-            "gateway": _round(cpu.gateway_s / machine_total, 3),
-            "loadgen": _round(cpu.loadgen_s / machine_total, 3),
-            "other_processes": _round(other / machine_total, 3),
-            "idle": _round(max(0.0, 1 - cpu.machine_busy_s / machine_total), 3),
-        },
-        "seals_per_s": _round(crypto.seals_per_s, 1),
-        "opens_per_s": _round(crypto.opens_per_s, 1),
-        "verify_per_s": _round(crypto.verify_per_s, 1),
-        "audit_verified": bool(audit.get("ok")),
-        "audit_leaves": audit.get("leaves"),
-        "targets": {"relay_msgs_per_s": TARGET_MSGS_PER_S, "accept_p99_ms": TARGET_ACCEPT_P99_MS},
-        "targets_met": {
-            "relay_msgs_per_s": relay_rate >= TARGET_MSGS_PER_S,
-            "accept_p99_ms": accept_p99 <= TARGET_ACCEPT_P99_MS,
-        },
-        "gateway": {
-            "store": "sqlite",
-            "synchronous": "FULL",
-            "tls": "mTLS (client certificates required)",
-            "log_level": "warning",
-            "rate_limit": "raised for the benchmark",
-        },
-        "quick": settings.quick,
-        "machine": machine_info(loadavg_before),
-        "started_at": datetime.datetime.fromtimestamp(now, tz=datetime.UTC).isoformat(),
-        "duration_s": _round(time.perf_counter() - run_started, 1),
-    }
+    return result
 
 
 def bench(settings: BenchSettings, workdir: Path | None = None) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Final
 
-from gateway.bench import FULL, QUICK, BenchError, bench
+from gateway.bench import DEFAULT_PG_URL, FULL, QUICK, BenchError, bench
 
 PROG: Final = "ketenpost"
 EXIT_FAILED: Final = 1
@@ -24,6 +25,8 @@ examples:
   ketenpost bench --quick --out bench-quick.json     (under a minute)
   ketenpost bench --out bench-results.json           (make bench)
   ketenpost bench --quick --profile gateway-profile.txt --out bench-quick.json
+  ketenpost bench --postgres postgresql://postgres@db:5432/bench --out bench-results.json
+  ketenpost bench --no-postgres --out bench-sqlite.json   (SQLite only)
 """
 
 
@@ -35,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Start a real gateway (mTLS, SQLite, durable commit) and a bare aiohttp handler "
             "over the same mTLS, relay pre-sealed envelopes police -> halt with signed "
-            "delivery receipts, and write the figures as JSON."
+            "delivery receipts, then the same through one and two gateway replicas on "
+            "PostgreSQL (a fresh schema per run, dropped after), and write the figures as JSON."
         ),
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,6 +52,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         metavar="FILE.txt",
         help="run the gateway under pyinstrument and write its text report here",
+    )
+    pg = p.add_mutually_exclusive_group()
+    pg.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get("KETENPOST_BENCH_PG_URL", DEFAULT_PG_URL),
+        help="PostgreSQL server for the 1- and 2-replica runs (default: $KETENPOST_BENCH_PG_URL "
+        f"or {DEFAULT_PG_URL}); skipped with a note in the JSON when unreachable",
+    )
+    pg.add_argument(
+        "--no-postgres", action="store_true", help="SQLite only: skip the PostgreSQL runs"
     )
     # For the test suite: a tiny run. Not a figure to quote.
     p.add_argument("--messages", type=int, help=argparse.SUPPRESS)
@@ -73,6 +88,9 @@ def run_bench(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, senders=args.senders)
     if args.profile is not None:
         settings = dataclasses.replace(settings, profile=args.profile.resolve())
+    settings = dataclasses.replace(
+        settings, postgres=None if args.no_postgres else (args.postgres or None)
+    )
     try:
         result = bench(settings)
     except (BenchError, OSError) as exc:

@@ -76,6 +76,9 @@ HTTP_METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"}
 )
 
+# What retention deletes, one count each (``retention_deleted``).
+RETENTION_KINDS: Final = frozenset({"audit_entry", "message", "sender_event", "token"})
+
 _PARTNER_ID_RE: Final = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 _ROUTE_RE: Final = re.compile(r"^(?:/[A-Za-z0-9_.{}-]*){1,16}$")
 _OPERATION_RE: Final = re.compile(r"^[a-z][a-z0-9_]{1,47}$")
@@ -154,6 +157,7 @@ _LABEL_CHECKS: Final[Mapping[str, Callable[[str, str], str]]] = MappingProxyType
         "use": _one_of((u.value for u in KeyUse), "a key use"),
         "operation": _pattern(_OPERATION_RE, "a store operation name"),
         "version": _pattern(_VERSION_RE, "a version"),
+        "kind": _one_of(RETENTION_KINDS, "a kind of retained data"),
     }
 )
 
@@ -387,6 +391,13 @@ class GatewayMetrics:
             ("operation",),
             registry=r,
         )
+        self._retention_deleted = Counter(
+            PREFIX + "retention_deleted",
+            "Items deleted at approach tokens' retention deadlines, by kind (audit_entry: "
+            "entry and salt, the leaf stays; token: the signed token, a tombstone stays).",
+            ("kind",),
+            registry=r,
+        )
         self._log_fields_dropped = Counter(
             PREFIX + "log_fields_dropped",
             "Log fields dropped because they are not on the allow-list (see gateway.logs).",
@@ -485,6 +496,9 @@ class GatewayMetrics:
 
     def store_error(self, operation: str) -> None:
         self._store_errors.labels(check_label("operation", operation)).inc()
+
+    def retention_deleted(self, kind: str, count: int = 1) -> None:
+        self._retention_deleted.labels(check_label("kind", kind)).inc(count)
 
     def audit_error(self) -> None:
         self._audit_errors.inc()

@@ -34,6 +34,14 @@ Rules kept here (DESIGN.md "The relay decision", "Delivery", "Audit log"):
 * Times: one ``now`` per operation from the injected ``Clock``; nothing reads the clock below.
 * An expired directory stops new acceptances (``directory_expired``) but never delivery:
   authentication, inboxes, receipts and revocations use the last verified directory.
+* ``refresh_metrics`` sets every expiry gauge from real state: key expiry per (partner, use) is
+  the earliest end (``retire_at`` or a coming ``revoked_at``) among its current (active or
+  retiring) keys — a key with neither has no expiry and adds no series; certificate expiry is
+  the earliest ``notAfter`` among the client certificates a partner presented within
+  ``CERTIFICATE_SEEN_WINDOW_S`` (recorded when the relay identifies the caller), plus the
+  gateway's own (``note_own_certificate``); token expiry per coordinator is the earliest
+  ``valid_until`` among its active tokens (the store); directory expiry per TUF role comes from
+  the directory source's signed metadata.
 """
 
 # The decision is a ladder of checks inside one ``try``: each rung raises a ``Refusal`` that
@@ -50,7 +58,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 from cryptography import x509
@@ -116,12 +124,14 @@ from keys import (
     Directory,
     DirectoryError,
     KeysReason,
+    KeyState,
     KeyStateError,
     KeyUse,
     Partner,
     check_usable,
 )
 from keys.keypair import spki_kid
+from keys.signed_directory import DirectoryBundle, DirectoryExpiry
 from keys.tlsidentity import identify_peer
 
 logger = logging.getLogger("gateway.relay")
@@ -139,6 +149,10 @@ TOKEN_CACHE_SIZE: Final = 4096
 # Most client certificates whose identity is remembered within one second (see
 # ``_IdentityMemo``); more callers than this in one second are simply identified again.
 IDENTITY_MEMO_SIZE: Final = 1024
+# A partner's client certificate counts for the certificate expiry gauge while it was presented
+# within this window (adapters long-poll, so a certificate in use is seen every few seconds);
+# a certificate replaced by a renewed one drops out of the gauge an hour after its last use.
+CERTIFICATE_SEEN_WINDOW_S: Final = 3600
 
 _ENVELOPE_REASONS: Final = {
     EnvelopeReason.TOO_LARGE: Reason.ENVELOPE_TOO_LARGE,
@@ -178,6 +192,18 @@ class DirectorySource(Protocol):
 
     def last(self) -> Directory:
         """The last verified directory, expired or not (authentication and delivery)."""
+        ...
+
+
+@runtime_checkable
+class PublishableDirectorySource(DirectorySource, Protocol):
+    """A ``DirectorySource`` that takes a newly published bundle while the gateway runs
+    (``POST /v1/directory``; ``gateway.server.TrustedDirectorySource``)."""
+
+    def publish(self, bundle: DirectoryBundle, now: int) -> Directory:
+        """Verify ``bundle`` against the trusted state, persist it, and serve it from now on.
+        Raises ``DirectoryError`` (rollback, freeze, below threshold, …) and changes nothing
+        then; ``OSError`` if it cannot be persisted (nothing switched either)."""
         ...
 
 
@@ -301,6 +327,77 @@ class _IdentityMemo:
             self._partners[cert_der] = partner
 
 
+def _not_after(certificate: bytes) -> int | None:
+    """``notAfter`` of a DER or PEM certificate as Unix seconds; ``None`` if it does not parse."""
+    try:
+        if certificate.lstrip().startswith(b"-----BEGIN"):
+            cert = x509.load_pem_x509_certificate(certificate)
+        else:
+            cert = x509.load_der_x509_certificate(certificate)
+    except ValueError:
+        return None
+    return int(cert.not_valid_after_utc.timestamp())
+
+
+class _PeerCertificates:
+    """``notAfter`` of the client certificates each partner presented, for the certificate
+    expiry gauge. Recorded when the relay identifies a caller (at most once per certificate and
+    second: the identity memo answers the rest); a certificate not presented for
+    ``CERTIFICATE_SEEN_WINDOW_S`` is forgotten at the next ``earliest``. Bounded by the
+    partners' certificates in use, each of which chains to the covenant CA."""
+
+    def __init__(self) -> None:
+        # partner -> certificate DER -> (notAfter, last seen).
+        self._seen: dict[str, dict[bytes, tuple[int, int]]] = {}
+
+    def record(self, partner: str, cert_der: bytes, now: int) -> None:
+        certificates = self._seen.setdefault(partner, {})
+        known = certificates.get(cert_der)
+        if known is not None:
+            certificates[cert_der] = (known[0], now)
+            return
+        not_after = _not_after(cert_der)
+        if not_after is not None:
+            certificates[cert_der] = (not_after, now)
+
+    def earliest(self, now: int) -> dict[str, int]:
+        """Partner -> the earliest ``notAfter`` among its certificates seen in the window."""
+        result: dict[str, int] = {}
+        for partner, certificates in list(self._seen.items()):
+            for der, (_, seen) in list(certificates.items()):
+                if now - seen > CERTIFICATE_SEEN_WINDOW_S:
+                    del certificates[der]
+            if certificates:
+                result[partner] = min(not_after for not_after, _ in certificates.values())
+            else:
+                del self._seen[partner]
+        return result
+
+
+def _directory_expiry(source: object) -> dict[str, float]:
+    """Role -> expiry (Unix seconds) of the signed directory behind ``source``: its own
+    ``expiry`` (a ``DirectoryExpiry``, attribute or method), else that of the
+    ``TrustedDirectory`` it holds (``gateway.server.TrustedDirectorySource._trusted``); empty
+    for a source without signed metadata (``StaticDirectorySource``)."""
+    for holder in (source, getattr(source, "_trusted", None)):
+        if holder is None:
+            continue
+        try:
+            expiry = getattr(holder, "expiry", None)
+            if callable(expiry):
+                expiry = expiry()
+        except DirectoryError:  # no directory verified yet
+            return {}
+        if isinstance(expiry, DirectoryExpiry):
+            return {
+                "root": float(expiry.root),
+                "targets": float(expiry.targets),
+                "snapshot": float(expiry.snapshot),
+                "timestamp": float(expiry.timestamp),
+            }
+    return {}
+
+
 class Relay:
     """The relay service's decisions over one store, one directory source and one clock."""
 
@@ -325,6 +422,8 @@ class Relay:
         self._hashed_directory: Directory | None = None
         self._hashed_policy = ""
         self._identities = _IdentityMemo()
+        self._peer_certificates = _PeerCertificates()
+        self._own_not_after: int | None = None
 
     # -- identity ------------------------------------------------------------------------
 
@@ -343,7 +442,14 @@ class Relay:
         except DirectoryError as exc:
             raise Refusal(Reason.DIRECTORY_EXPIRED, str(exc)) from None
         self._identities.put(cert_der, directory, now, partner)
+        self._peer_certificates.record(partner.id, cert_der, now)
         return partner
+
+    def note_own_certificate(self, certificate: bytes) -> None:
+        """The gateway's own TLS server certificate (PEM or DER), for the certificate expiry
+        gauge under the gateway's id. Call at start-up and whenever the certificate is
+        reloaded; a certificate that does not parse clears it."""
+        self._own_not_after = _not_after(certificate)
 
     # -- the relay decision --------------------------------------------------------------
 
@@ -986,7 +1092,8 @@ class Relay:
                 return total
 
     async def refresh_metrics(self) -> None:
-        """Set the gauges that mirror state: queues, audit tree size, key expiries."""
+        """Set the gauges that mirror state: queues, audit tree size, and every expiry (see the
+        module docstring)."""
         now = self.clock.now()
         stats = await self.store.queue_stats()
         self.metrics.set_queue_stats(
@@ -1003,14 +1110,29 @@ class Relay:
         head = await self.store.audit_head()
         self.metrics.set_audit_tree_size(head.size)
         directory = self.directories.last()
+        owners = [(p.id, p.keys) for p in directory.partners()]
+        owners.append((directory.gateway.id, directory.gateway.keys))
         expiries: dict[tuple[str, str], float] = {}
-        for p in directory.partners():
-            for key in p.keys:
-                if key.retire_at is None:
+        for owner, keys in owners:
+            for key in keys:
+                if key.state(now) not in (KeyState.ACTIVE, KeyState.RETIRING):
                     continue
-                k = (p.id, key.use.value)
-                expiries[k] = min(expiries.get(k, float(key.retire_at)), float(key.retire_at))
+                ends = [t for t in (key.retire_at, key.revoked_at) if t is not None]
+                if not ends:  # an unretired key has no expiry
+                    continue
+                k = (owner, key.use.value)
+                expiries[k] = min(expiries.get(k, float(min(ends))), float(min(ends)))
         self.metrics.set_key_expiries(expiries)
+        known = {p.id for p in directory.partners()}
+        certificates = {
+            p: float(t) for p, t in self._peer_certificates.earliest(now).items() if p in known
+        }
+        if self._own_not_after is not None:
+            certificates[directory.gateway.id] = float(self._own_not_after)
+        self.metrics.set_certificate_expiries(certificates)
+        tokens = await self.store.token_expiries(now)
+        self.metrics.set_token_expiries({c: float(t) for c, t in tokens.items()})
+        self.metrics.set_directory_expiries(_directory_expiry(self.directories))
 
 
 def _sha256_hex(data: bytes) -> str:

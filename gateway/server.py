@@ -19,9 +19,17 @@ Rules kept here:
   reached, submissions are refused with ``store_unavailable`` (transient), and the store
   reconnects by itself (the pool replaces dead connections, the listener reconnects).
 * The directory is verified with TUF's rules from the configured trusted root and re-read from
-  the bundle folder every ``directory.refresh_s``; a bundle that fails to verify leaves the
-  last good one in place (and, once that expires, the relay refuses with
-  ``directory_expired`` while it keeps delivering).
+  the bundle folder every ``directory.refresh_s`` (an operator may copy a new bundle in); a
+  bundle that fails to verify leaves the last good one in place (and, once that expires, the
+  relay refuses with ``directory_expired`` while it keeps delivering). A bundle published to
+  ``POST /v1/directory`` is verified against the same trusted state on a copy, written to
+  the bundle folder (each file replaced atomically, the timestamp last), and only then
+  served: a refused or unwritable bundle changes nothing.
+* **TLS certificate rotation without a restart** (``TlsReloader``): every
+  ``TLS_RELOAD_S`` and on SIGHUP the certificate and key files are looked at; when they
+  changed, the new pair is checked and loaded into the live ``SSLContext``. New handshakes get
+  the new certificate, connections already open keep theirs, so no request fails. A pair that
+  does not load (half copied, key not the certificate's) keeps the old one and is retried.
 * ``serve`` listens with HTTPS only (``keys.tlsidentity.server_context``: TLS >= 1.2, client
   certificates required, only the configured trust anchors) on the partner port and plain
   HTTP on the operator port. SIGTERM/SIGINT: stop accepting, let in-flight requests finish
@@ -39,11 +47,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
+import os
 import secrets
 import signal
-from collections.abc import Callable
+import ssl
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -58,14 +70,21 @@ from gateway.metrics import GatewayMetrics
 from gateway.published import RECORD_INTERVAL_S, MarkFile, default_mark_path, guard
 from gateway.ratelimit import SharedRateLimiter
 from gateway.relay import Relay, RelayStore, audit_leaf_hash
+from gateway.retention import run_retention
 from gateway.signer import GatewaySigner
 from gateway.store.backup import store_lock
 from gateway.store.errors import StoreError
 from gateway.store.sqlite import SqliteStore
 from keys import Directory, DirectoryError, KeysError, KeyUse
 from keys.keyfile import load_ed25519_key
-from keys.signed_directory import TrustedDirectory, read_bundle
-from keys.tlsidentity import TlsFiles, server_context
+from keys.signed_directory import (
+    DirectoryBundle,
+    DirectoryExpiry,
+    TrustedDirectory,
+    read_bundle,
+    write_bundle,
+)
+from keys.tlsidentity import TlsFiles, reload_certificate, server_context
 
 logger = logging.getLogger("gateway.server")
 
@@ -79,10 +98,15 @@ RATE_EXCHANGE_S: Final = 0.1
 # Partners per peer message: a partner id is at most 64 characters, so 80 of them with their
 # counts stay under PostgreSQL's 8,000-byte NOTIFY payload limit.
 _PARTNERS_PER_MESSAGE: Final = 80
+# How often the TLS certificate and key files are looked at for a rotation (SIGHUP: at once).
+TLS_RELOAD_S: Final = 30.0
 
 
 class TrustedDirectorySource:
-    """A ``DirectorySource`` over a TUF-verified bundle folder, refreshed on demand."""
+    """A ``DirectorySource`` over a TUF-verified bundle folder, refreshed on demand and
+    published to (``PublishableDirectorySource``). ``refresh`` and ``publish`` may run in
+    worker threads; a lock keeps them one at a time, and readers see the old or the new
+    directory, never a mix."""
 
     def __init__(self, trusted_root: Path, bundle: Path, now: int) -> None:
         try:
@@ -90,14 +114,39 @@ class TrustedDirectorySource:
         except OSError as exc:
             raise ConfigError("directory.trusted_root", str(exc)) from None
         self._bundle = bundle
+        self._lock = threading.Lock()
         self._last = self._trusted.update(read_bundle(bundle), now)
 
     def refresh(self, now: int) -> None:
         """Re-read and verify the bundle; keep the last good directory if it fails."""
-        try:
-            self._last = self._trusted.update(read_bundle(self._bundle), now)
-        except DirectoryError as exc:
-            logger.warning("directory_refresh_failed", extra={"reason": exc.reason.value})
+        with self._lock:
+            try:
+                self._last = self._trusted.update(read_bundle(self._bundle), now)
+            except DirectoryError as exc:
+                logger.warning("directory_refresh_failed", extra={"reason": exc.reason.value})
+
+    def publish(self, bundle: DirectoryBundle, now: int) -> Directory:
+        """Verify ``bundle`` at ``now``, write it to the bundle folder, then serve it.
+
+        Verified on a copy of the trusted state, so a refusal (``DirectoryError``: rollback,
+        freeze, below threshold, …) or a failed write (``OSError``) leaves everything as it
+        was — also the roots: a bundle whose targets fail does not advance the trusted root.
+        """
+        with self._lock:
+            candidate = copy.deepcopy(self._trusted)
+            directory = candidate.update(bundle, now)
+            write_bundle(bundle, self._bundle)
+            self._trusted, self._last = candidate, directory
+        logger.info(
+            "directory_published",
+            extra={"version": directory.version, "root_version": candidate.root_version},
+        )
+        return directory
+
+    @property
+    def expiry(self) -> DirectoryExpiry:
+        """Expiry of each TUF role of the directory in use (for the expiry gauges)."""
+        return self._trusted.expiry
 
     def current(self, now: int) -> Directory:
         self._trusted.current(now)
@@ -242,6 +291,8 @@ def build_runtime(
         limiter = SharedRateLimiter(config.limits.rate_per_s, config.limits.rate_burst)
         relay.rate = limiter
         exchange = RateExchange(limiter, _peer_channel(store), clock.monotonic)
+    # The gateway's own certificate expiry is exported beside the partners'.
+    relay.note_own_certificate(config.tls.cert.read_bytes())
     runtime = Runtime(
         relay=relay,
         signer=signer,
@@ -271,7 +322,69 @@ async def _refresh_directory(built: Built) -> None:
     clock = built.runtime.relay.clock
     while True:
         await asyncio.sleep(built.config.directory.refresh_s)
-        built.directories.refresh(clock.now())
+        # In a thread: reading and verifying the bundle must not hold up requests.
+        await asyncio.to_thread(built.directories.refresh, clock.now())
+
+
+class TlsReloader:
+    """Loads a rotated TLS certificate into the partner listener's live ``SSLContext``.
+
+    ``check`` compares the files' identity (inode, size, mtime) with what was loaded last and
+    reloads when either changed; ``reload`` loads unconditionally (SIGHUP). Both return
+    whether the context changed and never raise: a pair that fails to load is logged
+    (``tls_reload_failed``) and tried again at the next check.
+    """
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        files: TlsFiles,
+        environ: Mapping[str, str] | None = None,
+        on_loaded: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.context = context
+        self.files = files
+        self._environ = environ
+        # Told the new certificate after each reload (the gateway's own certificate expiry).
+        self._on_loaded = on_loaded
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            stats = [os.stat(p) for p in (self.files.certificate, self.files.private_key)]
+        except OSError:
+            return None
+        return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
+
+    def check(self) -> bool:
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        return self._load(stamp)
+
+    def reload(self) -> bool:
+        return self._load(self._stamp())
+
+    def _load(self, stamp: tuple[tuple[int, int, int], ...] | None) -> bool:
+        try:
+            reload_certificate(self.context, self.files, self._environ)
+        except KeysError as exc:
+            logger.warning(
+                "tls_reload_failed", extra={"reason": exc.reason.value, "detail": str(exc)}
+            )
+            return False
+        self._seen = stamp
+        logger.info("tls_reloaded", extra={"certificate": str(self.files.certificate)})
+        if self._on_loaded is not None:
+            with contextlib.suppress(OSError):
+                self._on_loaded(Path(self.files.certificate).read_bytes())
+        return True
+
+    async def run(self, interval_s: float = TLS_RELOAD_S) -> None:
+        """``check`` every ``interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.check()
 
 
 def published_mark_file(config: GatewayConfig, published_state: Path | None) -> MarkFile | None:
@@ -340,6 +453,7 @@ async def _serve(
             after_restore=after_restore,
             now=built.runtime.relay.clock.now(),
         )
+    environ: dict[str, str] | None = None
     if config.tls.key_passphrase is not None:
         environ = {"KETENPOST_TLS_PASSPHRASE": config.tls.key_passphrase.reveal()}
         from keys.keyfile import PassphraseSource  # noqa: PLC0415
@@ -350,9 +464,12 @@ async def _serve(
             trust_anchors=config.tls.trust_anchors,
             passphrase=PassphraseSource.from_env("KETENPOST_TLS_PASSPHRASE"),
         )
-        ssl_context = server_context(files, environ)
     else:
-        ssl_context = server_context(tls_files(config))
+        files = tls_files(config)
+    ssl_context = server_context(files, environ)
+    tls_reloader = TlsReloader(
+        ssl_context, files, environ, on_loaded=built.runtime.relay.note_own_certificate
+    )
     partner = web.AppRunner(
         create_partner_app(built.runtime), shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None
     )
@@ -368,11 +485,25 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(_refresh_directory(built))]
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, tls_reloader.reload)
+    tasks = [
+        asyncio.create_task(_refresh_directory(built)),
+        asyncio.create_task(tls_reloader.run()),
+    ]
     if built.rate_exchange is not None:
         tasks.append(asyncio.create_task(built.rate_exchange.run()))
     if marks is not None:
         tasks.append(asyncio.create_task(_record_published(built.runtime.relay.store, marks)))
+    # Retention: at every approach's retention deadline its audit entries, messages and token
+    # are deleted (gateway.retention).
+    tasks.append(
+        asyncio.create_task(
+            run_retention(
+                built.runtime.relay.store, built.runtime.relay.clock, built.runtime.metrics
+            )
+        )
+    )
     try:
         await stop.wait()
     finally:
@@ -406,6 +537,7 @@ __all__ = [
     "Built",
     "KeysError",
     "RateExchange",
+    "TlsReloader",
     "TrustedDirectorySource",
     "build_runtime",
     "check_restore_guard",

@@ -33,10 +33,13 @@ import json
 import os
 import re
 import secrets
+import ssl
 import sys
 import tempfile
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -121,6 +124,7 @@ from keys.signed_directory import (
     decode_bundle,
     decode_contents,
     draft_targets,
+    encode_bundle,
     encode_contents,
     read_bundle,
     sign_metadata,
@@ -129,6 +133,7 @@ from keys.signed_directory import (
     write_bundle,
 )
 from keys.state import KeyState
+from keys.tlsidentity import TlsFiles, client_context
 
 PROG: Final = "ketenpost"
 DAY_S: Final = 86_400
@@ -144,7 +149,8 @@ PROPOSAL_FORMAT: Final = "ketenpost/v1/directory-proposal"
 PUBLIC_KEY_FORMAT: Final = "ketenpost/v1/public-key"
 ADAPTER_TOML: Final = "adapter.toml"
 
-NOT_IMPLEMENTED_GATEWAY: Final = "publishing to a gateway is not implemented yet (issue 6)"
+# How long ``publish --gateway`` waits for the gateway's answer.
+GATEWAY_TIMEOUT_S: Final = 30.0
 
 
 # --- files exchanged between partners, officers and the key authority ----------------------
@@ -1093,9 +1099,66 @@ def _deployment_bundle_folders(deployment: Path) -> list[Path]:
     return folders
 
 
+def _gateway_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The mTLS context for ``--gateway https://…``: a partner's certificate (``--partner-dir``
+    or ``--tls-cert``/``--tls-key``/``--trust-anchor``); ``None`` for the operator listener's
+    plain ``http://``."""
+    url: str = args.gateway
+    if url.startswith("http://"):
+        return None
+    if not url.startswith("https://"):
+        raise CliError(f"--gateway {url}: not an https:// (or operator http://) URL")
+    folder = Path(args.partner_dir) if args.partner_dir else None
+    cert = args.tls_cert or (folder / "keys" / "tls.crt" if folder else None)
+    key = args.tls_key or (folder / "keys" / "tls.key" if folder else None)
+    anchors = args.trust_anchor or ([folder / "trust" / "ca.crt"] if folder else [])
+    if cert is None or key is None or not anchors:
+        raise CliError(
+            "--gateway https://… needs --partner-dir, or --tls-cert, --tls-key and --trust-anchor"
+        )
+    source = PassphraseSource.parse(args.tls_passphrase) if args.tls_passphrase else None
+    files = TlsFiles(
+        certificate=Path(cert),
+        private_key=Path(key),
+        trust_anchors=tuple(Path(a) for a in anchors),
+        passphrase=source,
+    )
+    return client_context(files)
+
+
+def post_bundle(url: str, data: bytes, context: ssl.SSLContext | None) -> dict[str, Any]:
+    """``POST`` an encoded bundle to a gateway (``URL/v1/directory``, or ``URL/directory`` on
+    the operator listener); the gateway's answer. Raises ``DirectoryError`` with the gateway's
+    reason when it refuses, ``CliError`` when it cannot be reached."""
+    path = "/v1/directory" if context is not None else "/directory"
+    # The scheme is http or https: ``_gateway_context`` refused any other before this.
+    request = urllib.request.Request(  # noqa: S310
+        url.rstrip("/") + path,
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - http(s) only, checked above
+            request, timeout=GATEWAY_TIMEOUT_S, context=context
+        ) as r:
+            answer: dict[str, Any] = json.loads(r.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            document = json.loads(body)
+            reason = KeysReason(document["reason"])
+            detail = str(document.get("detail", document.get("title", "")))
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"the gateway answered {exc.code}: {body[:200]!r}") from None
+        raise DirectoryError(f"the gateway refused the bundle: {detail}", reason) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot reach the gateway at {url}: {exc}") from None
+
+
 def _cmd_publish(args: argparse.Namespace) -> int:
-    if args.gateway:
-        raise CliError(NOT_IMPLEMENTED_GATEWAY)
+    context = _gateway_context(args) if args.gateway else None
     now = _now(args)
     deployment = Path(args.deployment)
     path = Path(args.proposal)
@@ -1134,17 +1197,26 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     for folder in _deployment_bundle_folders(deployment):
         write_bundle(bundle, folder)
         written.append(str(folder))
+    gateway: dict[str, Any] | None = None
+    if args.gateway:
+        gateway = post_bundle(args.gateway, encode_bundle(bundle), context)
     _out(
         {
             "published": {"targets_version": repo.version, "root_version": repo.root_version},
             "changes": list(proposal.changes),
             "partners": len(directory.partners()),
             "written_to": written,
+            "gateway": gateway,
         }
     )
     _say(
         f"published directory v{repo.version} (root v{repo.root_version}) into "
-        f"{len(written)} folders; a running gateway picks it up with issue 6 item 2 (not yet)"
+        f"{len(written)} folders"
+        + (
+            f" and to the gateway at {args.gateway}, which serves it now"
+            if gateway is not None
+            else "; a gateway reading one of them loads it on its next refresh"
+        )
     )
     return 0
 
@@ -1643,7 +1715,16 @@ def _register_directory(verbs: SubParsers) -> None:
     )
     p.add_argument("proposal", metavar="PROPOSAL")
     p.add_argument("--deployment", required=True, metavar="DIR")
-    p.add_argument("--gateway", metavar="URL", help="publish to a running gateway (issue 6)")
+    p.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="also publish to a running gateway (https:// partner port, or http:// operator port)",
+    )
+    p.add_argument("--partner-dir", metavar="DIR", help="mTLS files of this partner folder")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM, 0600)")
+    p.add_argument("--trust-anchor", action="append", metavar="FILE", help="CA certificate(s)")
+    p.add_argument("--tls-passphrase", metavar="SOURCE", help="file:PATH or env:NAME")
     p.add_argument(
         "--authority-key", metavar="FILE", help="default: DIR/key-authority/timestamp.key"
     )

@@ -119,6 +119,39 @@ def server_context(files: TlsFiles, environ: Mapping[str, str] | None = None) ->
     return context
 
 
+def reload_certificate(
+    context: ssl.SSLContext, files: TlsFiles, environ: Mapping[str, str] | None = None
+) -> None:
+    """Load ``files``' certificate and key into a live ``context`` (a certificate rotation).
+
+    The pair is checked first as ``server_context`` checks it (mode, passphrase, the key is
+    the certificate's), so a half-copied rotation raises and leaves ``context`` untouched.
+    OpenSSL uses the new pair for handshakes from now on; connections already open keep the
+    one they were made with. Raises ``KeyFileError`` or ``CertificateError``.
+    """
+    passphrase = (
+        resolve_passphrase(files.passphrase, environ) if files.passphrase is not None else None
+    )
+    key = read_tls_key(files.private_key, passphrase)
+    chain = read_certificates_pem(files.certificate)
+    if chain[0].public_key() != key.private_key.public_key():
+        raise CertificateError(
+            f"{files.certificate} is not the certificate of {files.private_key}",
+            KeysReason.CERTIFICATE_INVALID,
+        )
+    try:
+        context.load_cert_chain(
+            files.certificate,
+            files.private_key,
+            password=(lambda: passphrase) if passphrase is not None else None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        # A file replaced between our check and OpenSSL's read: try again at the next reload.
+        raise CertificateError(
+            f"cannot load {files.certificate}: {exc}", KeysReason.CERTIFICATE_INVALID
+        ) from None
+
+
 def client_context(files: TlsFiles, environ: Mapping[str, str] | None = None) -> ssl.SSLContext:
     """A TLS client context: verifies the server (chain to a trust anchor, and host name) and
     presents the client certificate. Errors as ``server_context``."""

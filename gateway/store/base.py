@@ -151,6 +151,34 @@ class Purged:
     recipient: str
 
 
+@dataclass(frozen=True)
+class Retained:
+    """What one approach token's retention deadline deleted (``Store.apply_retention``).
+
+    ``entries``: audit entries whose entry and salt were deleted (their leaves stay);
+    ``messages``: message rows with their receipts, deliveries and ciphertext; ``events``:
+    sender events of those messages; ``token``: 1 when the token's content (the signed token
+    with its subjects, and its revocation) was deleted now, 0 for a later sweep that only
+    found entries recorded after the deadline (a late refusal naming the token)."""
+
+    token_id: str
+    entries: int
+    messages: int
+    events: int
+    token: int
+    # The leaf of the signed ``retention`` audit entry that records these counts.
+    leaf_index: int
+
+
+RetentionAudit = Callable[[str, int], AuditRecord]
+"""``(token id, entries deleted) -> the retention audit record``, called inside the retention
+transaction; the record it returns must have ``token_id=None`` so no later sweep deletes it."""
+
+# Tokens handled per ``apply_retention`` call (one transaction); the sweeper calls again while
+# a call returns this many.
+RETENTION_BATCH = 100
+
+
 @dataclass
 class AuditHead:
     size: int
@@ -225,9 +253,20 @@ class Store(Protocol):
         self, now: int, audit_for: Callable[[Purged], AuditRecord]
     ) -> list[Purged]: ...
 
+    async def apply_retention(self, now: int, audit_for: RetentionAudit) -> list[Retained]:
+        """Delete every trace of the subjects of tokens whose ``retention_until`` <= ``now``
+        (at most ``RETENTION_BATCH`` tokens), each with its signed retention entry, in one
+        transaction. The token row stays as a tombstone without its signed token (so the id
+        is never registered again and late entries naming it are found by later sweeps);
+        ``get_token`` no longer finds it."""
+
     async def audit_head(self) -> AuditHead: ...
     async def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]: ...
     async def audit_leaves(self) -> list[tuple[int, bytes, bytes | None, bytes | None]]: ...
     async def checkpoints(self) -> list[str]: ...
     async def queue_stats(self) -> list[QueueStat]: ...
+    async def token_expiries(self, now: int) -> dict[str, int]:
+        """Coordinator -> the earliest ``valid_until`` among its active tokens: not revoked,
+        not superseded, ``valid_until`` after ``now`` (for the token expiry gauge)."""
+        ...

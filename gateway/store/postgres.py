@@ -70,6 +70,7 @@ from gateway.protocol.merkle import (
     MerkleReason,
 )
 from gateway.store.base import (
+    RETENTION_BATCH,
     Accepted,
     AuditHead,
     AuditRecord,
@@ -81,6 +82,8 @@ from gateway.store.base import (
     QueueStat,
     ReceiptSigner,
     RecipientState,
+    Retained,
+    RetentionAudit,
     SenderEventRow,
     Submission,
     TokenCheck,
@@ -152,13 +155,30 @@ RETURNING e.event_id, e.message_id, e.kind, e.signed, e.created_at
 """
 
 
+# Tokens past their retention deadline with something left to delete: the signed token (a live
+# row), or entries recorded under a tombstone's id after its deadline. Locked: a concurrent
+# registration or revocation of the same row waits.
+_RETENTION_DUE_SQL: Final = (
+    "SELECT t.token_id, length(t.signed) > 0 FROM tokens t WHERE t.retention_until <= $1"
+    " AND (length(t.signed) > 0 OR EXISTS (SELECT 1 FROM audit_leaves a"
+    " WHERE a.token_id = t.token_id AND a.entry IS NOT NULL))"
+    " ORDER BY t.token_id LIMIT $2 FOR UPDATE OF t"
+)
+
+
+def _count(status: str) -> int:
+    """The row count of an ``UPDATE n`` / ``DELETE n`` command status."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 def _unavailable(exc: BaseException) -> StoreUnavailableError:
     # The class name only: a server message may quote parameters.
     return StoreUnavailableError(f"store unavailable ({type(exc).__name__})")
 
 
 def _token_row(row: asyncpg.Record | None) -> TokenRow | None:
-    if row is None:
+    # A tombstone (retention deleted its signed token) is no longer a registered token.
+    if row is None or not row[3]:
         return None
     return TokenRow(
         token_id=row[0],
@@ -263,11 +283,12 @@ class _Kind(enum.Enum):
     REVOKE = "revoke"
     FINISH = "finish"
     EXPIRE = "expire"
+    RETENTION = "retention"
 
 
 # Operations that read deliveries or messages written by other operations of the same batch:
 # buffered writes are flushed before them.
-_BARRIER: Final = frozenset({_Kind.REVOKE, _Kind.EXPIRE})
+_BARRIER: Final = frozenset({_Kind.REVOKE, _Kind.EXPIRE, _Kind.RETENTION})
 
 
 @dataclass
@@ -1122,6 +1143,54 @@ class PostgresStore:
         result: list[Purged] = await self._submit(_Kind.EXPIRE, work)
         return result
 
+    async def apply_retention(self, now: int, audit_for: RetentionAudit) -> list[Retained]:
+        async def work(batch: _Batch) -> list[Retained]:
+            conn = batch.conn
+            rows = await conn.fetch(_RETENTION_DUE_SQL, now, RETENTION_BATCH)
+            out: list[Retained] = []
+            for row in rows:
+                token_id, live = str(row[0]), bool(row[1])
+                # Entries appended earlier in this batch are written at its end; a later sweep
+                # finds them under the tombstone.
+                entries = _count(
+                    await conn.execute(
+                        "UPDATE audit_leaves SET entry = NULL, salt = NULL"
+                        " WHERE token_id = $1 AND entry IS NOT NULL",
+                        token_id,
+                    )
+                )
+                events = _count(
+                    await conn.execute(
+                        "DELETE FROM sender_events WHERE message_id IN"
+                        " (SELECT message_id FROM messages WHERE token_id = $1)",
+                        token_id,
+                    )
+                )
+                await conn.execute(
+                    "DELETE FROM deliveries WHERE message_id IN"
+                    " (SELECT message_id FROM messages WHERE token_id = $1)",
+                    token_id,
+                )
+                gone = await conn.fetch(
+                    "DELETE FROM messages WHERE token_id = $1 RETURNING message_id", token_id
+                )
+                for r in gone:
+                    batch.known.pop(str(r[0]), None)
+                await conn.execute(
+                    "UPDATE tokens SET signed = ''::bytea, revocation = NULL WHERE token_id = $1",
+                    token_id,
+                )
+                batch.tokens.pop(token_id, None)
+                if not (entries or gone or events or live):
+                    continue
+                record = audit_for(token_id, entries)
+                index = batch.append(record, self._leaf_hash(record))
+                out.append(Retained(token_id, entries, len(gone), events, int(live), index))
+            return out
+
+        result: list[Retained] = await self._submit(_Kind.RETENTION, work)
+        return result
+
     # -- operations on their own connection --------------------------------------------------
 
     async def get_token(self, token_id: str) -> TokenRow | None:
@@ -1240,6 +1309,17 @@ class PostgresStore:
             lambda conn: conn.fetch("SELECT note FROM checkpoints ORDER BY size")
         )
         return [str(r[0]) for r in rows]
+
+    async def token_expiries(self, now: int) -> dict[str, int]:
+        # Active tokens: not revoked, not superseded, not expired (the token expiry gauge).
+        rows = await self._direct(
+            lambda conn: conn.fetch(
+                "SELECT coordinator, MIN(valid_until) FROM tokens WHERE revoked_at IS NULL"
+                " AND superseded_by IS NULL AND valid_until > $1 GROUP BY coordinator",
+                now,
+            )
+        )
+        return {r[0]: int(r[1]) for r in rows}
 
     async def queue_stats(self) -> list[QueueStat]:
         rows = await self._direct(

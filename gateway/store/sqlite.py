@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from gateway.protocol.merkle import MerkleError, MerkleLog, MerkleReason
 from gateway.store.base import (
+    RETENTION_BATCH,
     Accepted,
     AuditHead,
     AuditRecord,
@@ -51,6 +52,8 @@ from gateway.store.base import (
     QueueStat,
     ReceiptSigner,
     RecipientState,
+    Retained,
+    RetentionAudit,
     SenderEventRow,
     Submission,
     TokenCheck,
@@ -293,6 +296,10 @@ class SqliteStore:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 5000")
+        # Deleted content is overwritten with zeros (also on freed overflow pages), so what
+        # retention or a finished delivery deletes does not linger in free space of the file
+        # (docs/adr/0010-witness-exchange.md covers retention; docs/privacy.md).
+        conn.execute("PRAGMA secure_delete = ON")
         return conn
 
     @staticmethod
@@ -777,6 +784,61 @@ class SqliteStore:
         result: list[Purged] = await self._submit(work)
         return result
 
+    async def apply_retention(self, now: int, audit_for: RetentionAudit) -> list[Retained]:
+        def work(batch: _Batch) -> list[Retained]:
+            conn = batch.conn
+            rows = conn.execute(_RETENTION_DUE_SQL, (now, RETENTION_BATCH)).fetchall()
+            out: list[Retained] = []
+            for token_id, live in rows:
+                entries = conn.execute(
+                    "UPDATE audit_leaves SET entry = NULL, salt = NULL"
+                    " WHERE token_id = ? AND entry IS NOT NULL",
+                    (token_id,),
+                ).rowcount
+                # Leaves appended earlier in this batch are written only at its end.
+                for i, (index, leaf, entry, _salt, owner) in enumerate(batch.leaf_rows):
+                    if owner == token_id and entry is not None:
+                        batch.leaf_rows[i] = (index, leaf, None, None, owner)
+                        entries += 1
+                events = conn.execute(
+                    "DELETE FROM sender_events WHERE message_id IN"
+                    " (SELECT message_id FROM messages WHERE token_id = ?)",
+                    (token_id,),
+                ).rowcount
+                conn.execute(
+                    "DELETE FROM deliveries WHERE message_id IN"
+                    " (SELECT message_id FROM messages WHERE token_id = ?)",
+                    (token_id,),
+                )
+                messages = conn.execute(
+                    "DELETE FROM messages WHERE token_id = ?", (token_id,)
+                ).rowcount
+                # The tombstone: ids, times and the hash stay, the signed token goes.
+                conn.execute(
+                    "UPDATE tokens SET signed = X'', revocation = NULL WHERE token_id = ?",
+                    (token_id,),
+                )
+                if not (entries or messages or events or live):
+                    continue
+                record = audit_for(token_id, entries)
+                index = batch.append(record, self._leaf_hash(record))
+                out.append(Retained(token_id, entries, messages, events, int(live), index))
+            return out
+
+        result: list[Retained] = await self._submit(work)
+        return result
+
+    def scrub_files(self) -> None:
+        """Copy the WAL into the database file and truncate it, so the WAL holds no old page
+        images of what retention deleted (``secure_delete`` zeroes the pages themselves).
+        Blocking, on a connection of its own: run it in a thread after ``apply_retention``.
+        Raises ``sqlite3.Error``; a busy database is left for the next sweep."""
+        conn = self.connect(self._path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+
     async def audit_head(self) -> AuditHead:
         def work(batch: _Batch) -> AuditHead:
             row = batch.conn.execute(
@@ -832,9 +894,34 @@ class SqliteStore:
         result: list[QueueStat] = await self._submit(work)
         return result
 
+    async def token_expiries(self, now: int) -> dict[str, int]:
+        def work(batch: _Batch) -> dict[str, int]:
+            rows = batch.conn.execute(_TOKEN_EXPIRIES_SQL, (now,)).fetchall()
+            return {r[0]: int(r[1]) for r in rows}
+
+        result: dict[str, int] = await self._submit(work)
+        return result
+
     async def wait(self, party: str, wait_s: float) -> None:
         """Return when something may be waiting for ``party``, or after ``wait_s`` seconds."""
         await self.notifier.wait(party, wait_s)
+
+
+# Active tokens: not revoked, not superseded, not expired (the token expiry gauge).
+_TOKEN_EXPIRIES_SQL = (
+    "SELECT coordinator, MIN(valid_until) FROM tokens WHERE revoked_at IS NULL"
+    " AND superseded_by IS NULL AND valid_until > ? GROUP BY coordinator"
+)
+
+
+# Tokens past their retention deadline with something left to delete: the signed token (a live
+# row), or entries recorded under a tombstone's id after its deadline.
+_RETENTION_DUE_SQL: Final = (
+    "SELECT t.token_id, length(t.signed) > 0 FROM tokens t WHERE t.retention_until <= ?"
+    " AND (length(t.signed) > 0 OR EXISTS (SELECT 1 FROM audit_leaves a"
+    " WHERE a.token_id = t.token_id AND a.entry IS NOT NULL))"
+    " ORDER BY t.retention_until, t.token_id LIMIT ?"
+)
 
 
 def _token_row(conn: sqlite3.Connection, token_id: str) -> TokenRow | None:
@@ -843,7 +930,8 @@ def _token_row(conn: sqlite3.Connection, token_id: str) -> TokenRow | None:
         " registered_at, supersedes, superseded_by, revoked_at FROM tokens WHERE token_id = ?",
         (token_id,),
     ).fetchone()
-    if row is None:
+    # A tombstone (retention deleted its signed token) is no longer a registered token.
+    if row is None or not row[3]:
         return None
     return TokenRow(
         token_id=row[0],

@@ -12,9 +12,10 @@ delivered and receipted (by the adapter), rejected, expired and pending messages
 asks Prometheus' HTTP API (bounded polling, never a fixed sleep) for every metric the alerts and
 the dashboard name.
 
-A few metrics cannot appear here; each is listed with the reason (``NOT_EXERCISED``), and the
-metrics the gateway registers but never sets (``GAPS``) have a strict xfail test, which starts
-failing the day they are set, so the list is kept honest.
+A few metrics cannot appear here; each is listed with the reason (``NOT_EXERCISED``). The
+certificate, token and directory expiry gauges, once a gap (never set by ``serve``), must appear:
+``test_expiry_gauges_are_set_by_the_gateway``. ``GAPS`` (metrics registered and never set) is
+empty and must stay so.
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ NOT_EXERCISED: Final = {
     "ketenpost_adapter_refused_total": "needs a record the gateway finally refuses "
     "(tests/adapters)",
 }
-# Registered by GatewayMetrics, never set by `ketenpost serve` (docs/operations.md, "Gaps").
-GAPS: Final = {
+# Registered by GatewayMetrics, never set by `ketenpost serve`: none left.
+GAPS: Final[frozenset[str]] = frozenset()
+# Set by the gateway's periodic refresh (Relay.refresh_metrics) from the connected partners'
+# certificates, the registered tokens and the signed directory.
+EXPIRY_GAUGES: Final = {
     "ketenpost_certificate_expiry_timestamp_seconds",
     "ketenpost_token_expiry_timestamp_seconds",
     "ketenpost_directory_expiry_timestamp_seconds",
@@ -438,20 +442,29 @@ def test_no_alert_fires_on_a_healthy_stack(stack: Stack) -> None:
     assert [a["labels"]["alertname"] for a in alerts if a["state"] == "firing"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ketenpost serve never sets the certificate, token and directory expiry gauges "
-    "(GatewayMetrics.set_*_expiries has no caller); remove from GAPS once it does",
-)
 def test_expiry_gauges_are_set_by_the_gateway(stack: Stack) -> None:
-    # Runs after the other tests of the module: the gauges are refreshed every second, so a
-    # few scrapes settle it.
-    found = _wait_for_series(stack, set(GAPS), timeout_s=5.0)
-    assert found.keys() == GAPS
+    # The gauges are refreshed every second, so a few scrapes settle it.
+    found = _wait_for_series(stack, EXPIRY_GAUGES)
+    assert found.keys() == EXPIRY_GAUGES
+    now = time.time()
+    roles = {s["role"] for s in found["ketenpost_directory_expiry_timestamp_seconds"]}
+    assert roles == {"root", "targets", "snapshot", "timestamp"}
+    # The traffic registered a token of the coordinator; the adapter (halt) and the test's
+    # partners connected with their certificates.
+    coordinators = {s["coordinator"] for s in found["ketenpost_token_expiry_timestamp_seconds"]}
+    assert COORDINATOR in coordinators
+    partners = {s["partner"] for s in found["ketenpost_certificate_expiry_timestamp_seconds"]}
+    assert "halt" in partners
+    for name in EXPIRY_GAUGES:
+        values = _get_json(
+            f"{stack.prometheus_url}/api/v1/query?"
+            + urllib.parse.urlencode({"query": f"min({name})"})
+        )["data"]["result"]
+        assert float(values[0]["value"][1]) > now, name  # all in the future
 
 
 def test_the_lists_of_exceptions_stay_small_and_real() -> None:
     used = set(used_metric_names())
     assert NOT_EXERCISED.keys() <= used
-    assert used >= GAPS
+    assert used >= GAPS | EXPIRY_GAUGES
     assert len(NOT_EXERCISED) <= 5

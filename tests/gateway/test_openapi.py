@@ -38,6 +38,7 @@ from gateway.protocol.reasons import Reason, reasons_markdown
 from gateway.protocol.token import revoke
 from gateway.signer import encode_signed_object
 from keys.ca import PartnerSubject
+from keys.signed_directory import encode_bundle, read_bundle
 from tests.gateway.conftest import Gw
 from tests.gateway.test_api_roundtrip import _receipt_for
 from tests.gateway.test_relay_reasons import (
@@ -270,6 +271,17 @@ async def test_real_answers_match_their_schemas(gateway: Gw, spec: dict[str, Any
     await call("halt", "GET", status, "/v1/messages/{message_id}")
 
     await call("om", "GET", "/v1/directory", "/v1/directory")
+    # Publishing the bundle already served is accepted (and changes nothing); one that is not
+    # a bundle is refused with its directory reason.
+    bundle = encode_bundle(read_bundle(gw.deployment.root / "directory"))
+    published = await call(
+        "om", "POST", "/v1/directory", "/v1/directory", body=bundle, content_type="application/json"
+    )
+    assert published.document["version"] == gw.directory.version
+    malformed = await call(
+        "om", "POST", "/v1/directory", "/v1/directory", body=b"{}", content_type="application/json"
+    )
+    assert malformed.document["reason"] == "directory_malformed"
     checkpoint = await call("om", "GET", "/v1/audit/checkpoint", "/v1/audit/checkpoint")
     assert checkpoint.content_type == "text/plain"
     proof = "/v1/audit/proof"
@@ -306,6 +318,15 @@ async def test_real_answers_match_their_schemas(gateway: Gw, spec: dict[str, Any
                     response.status, response.content_type, dict(response.headers), document
                 )
             checker.check("GET", path, answer, operator=True)
+        for data in (bundle, b"[1]"):
+            async with session.post(gw.operator_url + "/directory", data=data) as response:
+                answer = Answer(
+                    response.status,
+                    response.content_type,
+                    dict(response.headers),
+                    json.loads(await response.read()),
+                )
+            checker.check("POST", "/directory", answer, operator=True)
 
     assert checker.seen == _operations(spec, operator=False) | _operations(spec, operator=True)
 

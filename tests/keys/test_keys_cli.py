@@ -121,18 +121,18 @@ def test_key_change_needs_the_threshold_then_verifies_from_every_partner(
     )
 
 
-def test_publishing_to_a_gateway_is_refused_honestly(
+def test_publishing_to_a_gateway_needs_mtls_files_before_anything_is_written(
     cli: Cli, deploy: Path, tmp_path: Path
 ) -> None:
     proposal = tmp_path / "renew.json"
     cli("keys", "directory", "renew", "--deployment", deploy, "--out", proposal)
+    before = (deploy / "directory" / "timestamp.json").read_bytes()
     _, err = cli(
         "keys", "directory", "publish", proposal, "--deployment", deploy,
         "--gateway", "https://127.0.0.1:8443", code=1,
     )  # fmt: skip
-    assert (
-        err.strip() == "ketenpost: error: publishing to a gateway is not implemented yet (issue 6)"
-    )
+    assert err.startswith("ketenpost: error: --gateway https://… needs --partner-dir")
+    assert (deploy / "directory" / "timestamp.json").read_bytes() == before
 
 
 def test_client_side_refusals_rollback_expired_stale(
