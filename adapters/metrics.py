@@ -6,6 +6,9 @@ Rules kept here:
   one, so two adapters in one test process never see each other's counts.
 * Labels carry only message types, reason codes, partner ids and alarm kinds — never a message
   id, token id, pseudonym, record id or trace id (DESIGN.md "Operations").
+* Counters whose label is a fixed enum (``sent`` by ``MessageType``) start every child at 0,
+  so ``rate()`` has a series from the first scrape; labels that are open-ended (reasons, which
+  include ``http_<status>``; senders) appear with their first event.
 * Timestamps are ``..._timestamp_seconds`` (Unix seconds) so an alert is ``time() - x > N``.
 """
 
@@ -15,6 +18,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.protocol.types import MessageType
 
 PREFIX: Final = "ketenpost_adapter_"
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
@@ -30,6 +35,8 @@ class AdapterMetrics:
         self._sent = Counter(
             PREFIX + "sent", "Messages accepted by the gateway.", ["type"], registry=r
         )
+        for message_type in MessageType:
+            self._sent.labels(message_type.value)
         self._refused = Counter(
             PREFIX + "refused",
             "Outbound messages finally refused, by reason.",

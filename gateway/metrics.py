@@ -79,6 +79,34 @@ HTTP_METHODS: Final = frozenset(
 # What retention deletes, one count each (``retention_deleted``).
 RETENTION_KINDS: Final = frozenset({"audit_entry", "message", "sender_event", "token"})
 
+# The store operations the gateway names when one fails (``store_error``: the relay, its
+# ``store_call`` wrapper, the audit routes and retention). Each starts at 0, so
+# ``increase(ketenpost_store_errors_total[5m])`` has a series from the first scrape and the
+# first failure is an increase, not a new series. The label stays a pattern, not this list: an
+# operation added later is still counted (tests/gateway/test_metrics.py keeps the list in step
+# with the call sites).
+STORE_OPERATIONS: Final = frozenset(
+    {
+        "accept",
+        "ack_events",
+        "apply_retention",
+        "audit_head",
+        "audit_leaves",
+        "claim",
+        "consistency_proof",
+        "events",
+        "expire",
+        "finish",
+        "get_token",
+        "inclusion_proof",
+        "message_status",
+        "register_token",
+        "revoke_token",
+    }
+)
+# Why messages are purged (``purged``): only a token revocation purges today.
+PURGE_REASONS: Final = frozenset({Reason.TOKEN_REVOKED.value})
+
 _PARTNER_ID_RE: Final = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 _ROUTE_RE: Final = re.compile(r"^(?:/[A-Za-z0-9_.{}-]*){1,16}$")
 _OPERATION_RE: Final = re.compile(r"^[a-z][a-z0-9_]{1,47}$")
@@ -278,6 +306,8 @@ class GatewayMetrics:
             ("reason",),
             registry=r,
         )
+        for reason in sorted(PURGE_REASONS):
+            self._purged.labels(check_label("reason", reason))
 
         # -- Latency. -------------------------------------------------------------------------
         self._request_duration = Histogram(
@@ -391,6 +421,8 @@ class GatewayMetrics:
             ("operation",),
             registry=r,
         )
+        for operation in sorted(STORE_OPERATIONS):
+            self._store_errors.labels(check_label("operation", operation))
         self._retention_deleted = Counter(
             PREFIX + "retention_deleted",
             "Items deleted at approach tokens' retention deadlines, by kind (audit_entry: "

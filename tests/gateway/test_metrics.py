@@ -3,9 +3,11 @@ message ids, token ids or pseudonyms are refused; instances share nothing."""
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import (
     CONTENT_TYPE,
+    PURGE_REASONS,
+    STORE_OPERATIONS,
     UNKNOWN_SENDER,
     UNMATCHED_ROUTE,
     GatewayMetrics,
@@ -81,6 +85,40 @@ def test_counters_count_what_happened(metrics: GatewayMetrics) -> None:
     assert total("audit_errors") == 1
     assert total("log_fields_dropped") == 1
     assert value(metrics, "ketenpost_build_info", version="0.1.0.dev0") == 1
+
+
+def test_fixed_label_sets_start_at_zero(metrics: GatewayMetrics) -> None:
+    # Counters whose label values are a known, fixed set have every series from the start,
+    # so increase()/rate() alerts work from the first scrape; open-ended ones start empty.
+    for operation in STORE_OPERATIONS:
+        assert value(metrics, "ketenpost_store_errors_total", operation=operation) == 0
+    for reason in PURGE_REASONS:
+        assert value(metrics, "ketenpost_purged_total", reason=reason) == 0
+    text = metrics.render().decode()
+    for partner_counter in ("accepted", "refused", "delivered", "expired", "rejected"):
+        assert not re.search(rf"^ketenpost_{partner_counter}_total{{", text, re.MULTILINE)
+
+
+def _literal_first_arguments(method: str) -> set[str]:
+    """The string literals passed as first argument to ``.method(...)`` in gateway/."""
+    found: set[str] = set()
+    for path in (Path(__file__).resolve().parents[2] / "gateway").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == method
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                found.add(node.args[0].value)
+    return found
+
+
+def test_the_initial_store_operations_are_the_ones_the_code_names() -> None:
+    named = _literal_first_arguments("store_error") | _literal_first_arguments("store_call")
+    assert named == STORE_OPERATIONS
 
 
 def test_histograms(metrics: GatewayMetrics) -> None:
