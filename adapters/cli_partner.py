@@ -53,7 +53,8 @@ from typing import Any, Final
 import msgspec
 
 from adapters.client import GatewayClient, InboxDelivery, InboxEvent, RefusedError
-from adapters.config import AdapterConfig, load_partner_dir
+from adapters.config import AdapterConfig, key_family, load_partner_dir
+from adapters.directory import newest_active
 from adapters.errors import AdapterError
 from gateway.protocol.checkpoint import CheckpointError, verify_checkpoint
 from gateway.protocol.envelope import (
@@ -344,15 +345,30 @@ class PartnerFolder:
             self.config.path(self.config.keys.sign), KeyUse.SIGN, self._passphrase()
         )
 
-    def token_key(self) -> Ed25519KeyPair:
+    def token_keys(self) -> tuple[Ed25519KeyPair, ...]:
+        """The configured token key and its rotated successors beside it (``token-2.key``, …;
+        ``adapters.config.key_family``), oldest first. ``CliError`` when there is none."""
         if self.config.keys.token is None:
             raise CliError(
                 f"{self.id} has no token key in adapter.toml: only a coordinating municipality "
                 "issues and revokes approach tokens"
             )
-        return load_ed25519_key(
-            self.config.path(self.config.keys.token), KeyUse.TOKEN, self._passphrase()
+        passphrase = self._passphrase()
+        return tuple(
+            load_ed25519_key(path, KeyUse.TOKEN, passphrase)
+            for path in key_family(self.config.path(self.config.keys.token))
         )
+
+    def token_key(
+        self, directory: Directory, now: int, keys: Sequence[Ed25519KeyPair] | None = None
+    ) -> Ed25519KeyPair:
+        """The newest of ``keys`` (default ``token_keys()``) that ``directory`` lists as usable
+        at ``now``: a rotated token key signs from its ``active_from`` on, the old one until
+        then. The configured key when the directory lists none (the gateway then refuses with
+        its reason)."""
+        family = tuple(keys) if keys is not None else self.token_keys()
+        chosen = newest_active(family, directory, self.id, KeyUse.TOKEN, now)
+        return chosen if chosen is not None else family[0]
 
     def encrypt_keys(self) -> dict[str, HybridKemKeyPair]:
         """Every encrypt key the partner holds (current and retired), by kid."""
@@ -464,7 +480,7 @@ async def approach_issue(
     args: argparse.Namespace, partner: PartnerFolder, now: int
 ) -> dict[str, Any]:
     kind = ApproachKind(args.kind)
-    token_key = partner.token_key()
+    token_keys = partner.token_keys()  # fails before anything is sent
     participants: list[str] = list(args.participants)
     if partner.id not in participants:
         participants.insert(0, partner.id)
@@ -501,7 +517,7 @@ async def approach_issue(
         if not me.coordinator:
             raise CliError(f"{partner.id} is not a coordinating municipality in the directory")
         signed, opening = issue(
-            key=token_key,
+            key=partner.token_key(directory, now, token_keys),
             coordinator=partner.id,
             kind=kind,
             subjects=subjects,
@@ -568,7 +584,7 @@ def _write_approach_file(
 async def approach_revoke(
     args: argparse.Namespace, partner: PartnerFolder, now: int
 ) -> dict[str, Any]:
-    token_key = partner.token_key()
+    token_keys = partner.token_keys()  # fails before anything is sent
     async with partner.client(args.gateway) as client:
         directory = await partner.directory(client, now)
         signed = partner.read_approach(args.token_id)
@@ -579,7 +595,9 @@ async def approach_revoke(
             raise CliError(f"the approach file names token {token.token_id}")
         if token.coordinator != partner.id:
             raise CliError(f"only the issuing coordinator ({token.coordinator}) revokes this token")
-        revocation = revoke(token, key=token_key, now=now, reason=args.reason)
+        # Any usable token key of the coordinator may revoke (keys rotate during a token's life).
+        key = partner.token_key(directory, now, token_keys)
+        revocation = revoke(token, key=key, now=now, reason=args.reason)
         result = await client.revoke_token(token.token_id, encode_signed(revocation))
     return {"token_id": token.token_id, "revoked_at": now, "purged": result.get("purged", 0)}
 

@@ -105,7 +105,11 @@ STORE_OPERATIONS: Final = frozenset(
     }
 )
 # Why messages are purged (``purged``): only a token revocation purges today.
-PURGE_REASONS: Final = frozenset({Reason.TOKEN_REVOKED.value})
+# Why the relay ends undelivered messages: a revoked token (its messages), and a new directory
+# that voids them (a revoked sign key whose signatures no longer stand, a recipient that left).
+PURGE_REASONS: Final = frozenset(
+    {Reason.TOKEN_REVOKED.value, Reason.KEY_COMPROMISED.value, Reason.UNKNOWN_RECIPIENT.value}
+)
 
 _PARTNER_ID_RE: Final = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 _ROUTE_RE: Final = re.compile(r"^(?:/[A-Za-z0-9_.{}-]*){1,16}$")

@@ -28,6 +28,14 @@ Rules kept here (DESIGN.md "The relay decision", "Delivery", "Audit log"):
 * A sender key whose known ``compromised_since`` has passed is refused as ``key_compromised``
   at once, even while its ``revoked_at`` lies ahead (compromise windows are judged at the
   gateway's receive time).
+* A directory change voids some undelivered messages; ``judge_queue`` (run before every inbox
+  lease and sweep once the directory object differs from the one last judged, or once a
+  revocation or departure it names comes due) purges them, each with a ``purged`` audit entry
+  and a ``purge`` sender event, so the sender is told: those signed by a now-revoked sign key
+  whose signature no longer stands (``check_signature_time`` at the gateway's ``accepted_at``:
+  every one when the compromise time is unknown, those accepted from ``compromised_since`` on
+  otherwise) and those addressed to a partner that has left (``left_at`` passed). Messages a
+  leaving partner sent before ``left_at`` stay deliverable: their signatures stand.
 * Refusals of approach registration and revocation are counted and audited too: the sender is
   the TLS partner; the token id is recorded only once the token's signature verified, or, for a
   revocation, once the token is found registered.
@@ -112,6 +120,7 @@ from gateway.store.base import (
     Delivery,
     DeliveryState,
     MessageStatus,
+    PendingDelivery,
     Purged,
     SenderEventRow,
     Store,
@@ -123,6 +132,7 @@ from keys import (
     CertificateError,
     Directory,
     DirectoryError,
+    DirectoryKey,
     KeysReason,
     KeyState,
     KeyStateError,
@@ -132,6 +142,7 @@ from keys import (
 )
 from keys.keypair import spki_kid
 from keys.signed_directory import DirectoryBundle, DirectoryExpiry
+from keys.state import check_signature_time
 from keys.tlsidentity import identify_peer
 
 logger = logging.getLogger("gateway.relay")
@@ -424,6 +435,11 @@ class Relay:
         self._identities = _IdentityMemo()
         self._peer_certificates = _PeerCertificates()
         self._own_not_after: int | None = None
+        # The directory whose voided messages were last purged (``judge_queue``), and when a
+        # revocation or departure it names comes due (judge again then).
+        self._judged: Directory | None = None
+        self._judge_again_at: int | None = None
+        self._judging = asyncio.Lock()
 
     # -- identity ------------------------------------------------------------------------
 
@@ -908,6 +924,7 @@ class Relay:
         seconds, capped by ``max_wait_s``) for something to arrive."""
         limit = max(1, min(limit, self.limits.max_batch))
         wait_s = max(0.0, min(wait_s, float(self.limits.max_wait_s)))
+        await self._judge_queue_quietly()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
@@ -1060,9 +1077,90 @@ class Relay:
 
     # -- sweepers ------------------------------------------------------------------------
 
+    def _queue_judged(self, directory: Directory, now: int) -> bool:
+        return directory is self._judged and (
+            self._judge_again_at is None or now < self._judge_again_at
+        )
+
+    async def judge_queue(self) -> list[Purged]:
+        """Purge the undelivered messages the current directory voids (module rules); each
+        becomes a ``purge`` sender event and a ``purged`` audit entry. Does nothing while the
+        directory is the one last judged and nothing it names has come due since. Raises
+        ``StoreError`` (judged again next time)."""
+        if self._queue_judged(self.directories.last(), self.clock.now()):
+            return []
+        async with self._judging:
+            now = self.clock.now()
+            directory = self.directories.last()
+            if self._queue_judged(directory, now):
+                return []
+            purged = await self._purge_voided(directory, now)
+            self._judged = directory
+            self._judge_again_at = _next_due(directory, now)
+        return purged
+
+    async def _judge_queue_quietly(self) -> None:
+        # A failed judgement must not stop delivery: a recipient's adapter refuses a void
+        # signature itself (``check_signature_time`` at ``accepted_at``), and it is retried.
+        try:
+            await self.judge_queue()
+        except StoreError as exc:
+            # Not a ``store_error`` series of its own (``STORE_OPERATIONS`` is fixed in
+            # gateway.metrics); the warning names it.
+            logger.warning("queue_judgement_failed", extra={"error": exc})
+
+    async def _purge_voided(self, directory: Directory, now: int) -> list[Purged]:
+        left = {p.id for p in directory.partners() if p.left_at is not None and now >= p.left_at}
+        revoked: dict[str, dict[str, DirectoryKey]] = {}
+        for p in directory.partners():
+            keys = {
+                k.kid: k
+                for k in p.keys
+                if k.use is KeyUse.SIGN and k.revoked_at is not None and now >= k.revoked_at
+            }
+            if keys:
+                revoked[p.id] = keys
+        if not left and not revoked:
+            return []
+        pending = await self.store.pending_involving(sorted(left | set(revoked)))
+        reasons: dict[tuple[str, str], Reason] = {}
+        for d in pending:
+            if d.recipient in left:
+                reasons[d.message_id, d.recipient] = Reason.UNKNOWN_RECIPIENT
+            elif d.sender in revoked and _signature_void(d, revoked[d.sender], now):
+                reasons[d.message_id, d.recipient] = Reason.KEY_COMPROMISED
+        if not reasons:
+            return []
+
+        def audit_for(p: Purged) -> AuditRecord:
+            return _record(
+                AuditEntry(
+                    time=now,
+                    decision=AuditDecision.PURGED,
+                    reason=reasons[p.message_id, p.recipient].value,
+                    sender=p.sender,
+                    recipients=(p.recipient,),
+                    count=1,
+                ),
+                None,
+            )
+
+        wanted = [
+            Purged(d.message_id, d.sender, d.recipient)
+            for d in pending
+            if (d.message_id, d.recipient) in reasons
+        ]
+        purged = await self.store.purge(wanted, now, audit_for)
+        for ended in purged:
+            self.metrics.purged(reasons[ended.message_id, ended.recipient].value)
+        logger.info("queue_purged", extra={"count": len(purged)})
+        return purged
+
     async def sweep_expired(self) -> int:
         """Delete undelivered messages past ``expires_at``; each becomes an ``expiry`` sender
-        event and an audit entry. Returns how many deliveries ended."""
+        event and an audit entry. Returns how many deliveries ended. Judges the queue against
+        the directory first (``judge_queue``)."""
+        await self._judge_queue_quietly()
         total = 0
         while True:
             now = self.clock.now()
@@ -1133,6 +1231,31 @@ class Relay:
         tokens = await self.store.token_expiries(now)
         self.metrics.set_token_expiries({c: float(t) for c, t in tokens.items()})
         self.metrics.set_directory_expiries(_directory_expiry(self.directories))
+
+
+def _signature_void(delivery: PendingDelivery, revoked: dict[str, DirectoryKey], now: int) -> bool:
+    """Whether ``delivery``'s outer signature, by one of the sender's ``revoked`` sign keys,
+    no longer stands at ``now`` (judged at the gateway's ``accepted_at``)."""
+    try:
+        kid = decode_envelope(delivery.envelope).header.sender_kid
+    except EnvelopeError:  # it decoded at acceptance; a stored envelope is not re-judged
+        return False
+    key = revoked.get(kid)
+    if key is None:
+        return False
+    try:
+        check_signature_time(key, delivery.accepted_at, now)
+    except KeyStateError:
+        return True
+    return False
+
+
+def _next_due(directory: Directory, now: int) -> int | None:
+    """The earliest revocation or departure the directory names that lies after ``now``."""
+    times = [p.left_at for p in directory.partners() if p.left_at is not None]
+    times += [k.revoked_at for p in directory.partners() for k in p.keys if k.revoked_at]
+    future = [t for t in times if t is not None and t > now]
+    return min(future) if future else None
 
 
 def _sha256_hex(data: bytes) -> str:

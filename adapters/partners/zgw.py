@@ -91,7 +91,8 @@ from adapters.base import (
     Transport,
 )
 from adapters.client import RefusedError
-from adapters.config import AdapterConfig
+from adapters.config import AdapterConfig, key_family
+from adapters.directory import newest_active
 from adapters.engine import Adapter
 from adapters.errors import AdapterConfigError, AdapterError
 from adapters.partners._settings import check_keys
@@ -852,7 +853,9 @@ class ZgwSource(SourceBase):
         self._config = config
         self._settings = zgw.settings
         self._host: Adapter | None = None
-        self._token_key: Ed25519KeyPair | None = None
+        # The token key family, read again when the directory changes (``token_key``).
+        self._token_keys: tuple[Ed25519KeyPair, ...] | None = None
+        self._token_keys_for: Directory | None = None
         self._last_poll: int | None = None
 
     async def start(self, sink: RecordSink) -> None:
@@ -869,27 +872,35 @@ class ZgwSource(SourceBase):
             raise AdapterError("the zgw source runs only inside an Adapter (it coordinates)")
         return self._host
 
-    def token_key(self) -> Ed25519KeyPair:
-        """The coordinator's token key; ``MalformedZaakError`` when there is none."""
-        if self._token_key is None:
-            keys = self._config.keys
-            if keys.token is None:
-                raise MalformedZaakError(
-                    f"{self._config.partner.id} has no token key ([keys] token): only a "
-                    "coordinating municipality starts approaches"
-                )
+    def token_key(self, directory: Directory, now: int) -> Ed25519KeyPair:
+        """The coordinator's newest token key that ``directory`` lists as usable at ``now``
+        (the configured one and its rotated successors beside it, ``token-2.key``, …, read
+        again after each directory change, so a rotation needs no restart); the configured
+        one when the directory lists none. ``MalformedZaakError`` when there is none."""
+        keys = self._config.keys
+        if keys.token is None:
+            raise MalformedZaakError(
+                f"{self._config.partner.id} has no token key ([keys] token): only a "
+                "coordinating municipality starts approaches"
+            )
+        if self._token_keys is None or self._token_keys_for is not directory:
             try:
                 passphrase = (
                     resolve_passphrase(PassphraseSource.parse(keys.passphrase))
                     if keys.passphrase
                     else None
                 )
-                self._token_key = load_ed25519_key(
-                    self._config.path(keys.token), KeyUse.TOKEN, passphrase
+                self._token_keys = tuple(
+                    load_ed25519_key(path, KeyUse.TOKEN, passphrase)
+                    for path in key_family(self._config.path(keys.token))
                 )
             except Exception as exc:  # keys' own errors and OSError: one line, then retry
                 raise AdapterError(f"cannot load the token key: {exc}") from None
-        return self._token_key
+            self._token_keys_for = directory
+        chosen = newest_active(
+            self._token_keys, directory, self._config.partner.id, KeyUse.TOKEN, now
+        )
+        return chosen if chosen is not None else self._token_keys[0]
 
     async def pull(self, cursor: str | None) -> PullBatch:
         now = self._zgw.clock.now()
@@ -1031,7 +1042,7 @@ class ZgwSource(SourceBase):
             roles = {directory.partner(p).role for p in decision.participants}
             try:
                 signed, opening = issue(
-                    key=self.token_key(),
+                    key=self.token_key(directory, now),
                     coordinator=host.partner_id,
                     kind=decision.kind,
                     subjects=[
@@ -1222,8 +1233,9 @@ class ZgwSource(SourceBase):
         row = self.host.store.token(token_id)
         if row is None:
             return
-        token = verify_token_signature(decode_signed(row.signed), self._directory())
-        revocation = revoke(token, key=self.token_key(), now=now, reason=reason)
+        directory = self._directory()
+        token = verify_token_signature(decode_signed(row.signed), directory)
+        revocation = revoke(token, key=self.token_key(directory, now), now=now, reason=reason)
         try:
             await self.host.client.revoke_token(token_id, encode_signed(revocation))
         except RefusedError as exc:

@@ -14,6 +14,9 @@ Rules kept here (DESIGN.md "Delivery" and "Storage"):
   A delivery receipt or rejection ends it; when every recipient is done the ciphertext is
   deleted. Every outcome becomes a sender event in the sender's own inbox.
 * Revoking a token purges its undelivered **and leased** messages in the same transaction.
+* ``purge`` ends named deliveries that a new directory voids (a sender key revoked with its
+  signatures void, a recipient that left), each with its audit record and a ``purge`` sender
+  event; a delivery already ended meanwhile is skipped, never ended twice.
 * Every time is an argument (house rule 5).
 """
 
@@ -152,6 +155,18 @@ class Purged:
 
 
 @dataclass(frozen=True)
+class PendingDelivery:
+    """An undelivered (pending or leased) delivery, with what a directory change judges it by:
+    the gateway's ``accepted_at`` and the envelope (its header names the sender key)."""
+
+    message_id: str
+    sender: str
+    recipient: str
+    accepted_at: int
+    envelope: bytes
+
+
+@dataclass(frozen=True)
 class Retained:
     """What one approach token's retention deadline deleted (``Store.apply_retention``).
 
@@ -252,6 +267,18 @@ class Store(Protocol):
     async def expire(
         self, now: int, audit_for: Callable[[Purged], AuditRecord]
     ) -> list[Purged]: ...
+
+    async def pending_involving(self, partners: Sequence[str]) -> list[PendingDelivery]:
+        """Every undelivered (pending or leased) delivery sent by or addressed to one of
+        ``partners`` (read only; the relay judges them against a new directory)."""
+        ...
+
+    async def purge(
+        self, deliveries: Sequence[Purged], now: int, audit_for: Callable[[Purged], AuditRecord]
+    ) -> list[Purged]:
+        """End each of ``deliveries`` still undelivered as ``purged``, with its audit record
+        (``audit_for``) and a ``purge`` sender event, in one transaction; return those ended."""
+        ...
 
     async def apply_retention(self, now: int, audit_for: RetentionAudit) -> list[Retained]:
         """Delete every trace of the subjects of tokens whose ``retention_until`` <= ``now``

@@ -78,6 +78,7 @@ from gateway.store.base import (
     DeliveryState,
     EventKind,
     MessageStatus,
+    PendingDelivery,
     Purged,
     QueueStat,
     ReceiptSigner,
@@ -1140,6 +1141,65 @@ class PostgresStore:
                     batch.woke(e.purged.sender)
             return out
 
+        result: list[Purged] = await self._submit(_Kind.EXPIRE, work)
+        return result
+
+    async def pending_involving(self, partners: Sequence[str]) -> list[PendingDelivery]:
+        names = list(dict.fromkeys(partners))
+        if not names:
+            return []
+        rows = await self._direct(
+            lambda conn: conn.fetch(
+                "SELECT d.message_id, m.sender, d.recipient, m.accepted_at, m.envelope"
+                " FROM deliveries d JOIN messages m ON m.message_id = d.message_id"
+                " WHERE d.state = 'pending'"
+                " AND (m.sender = ANY($1::text[]) OR d.recipient = ANY($1::text[]))"
+                " ORDER BY d.seq, d.recipient",
+                names,
+            )
+        )
+        return [PendingDelivery(r[0], r[1], r[2], int(r[3]), bytes(r[4] or b"")) for r in rows]
+
+    async def purge(
+        self, deliveries: Sequence[Purged], now: int, audit_for: Callable[[Purged], AuditRecord]
+    ) -> list[Purged]:
+        signer = self._signer
+        wanted = list(deliveries)
+
+        async def work(batch: _Batch) -> list[Purged]:
+            conn = batch.conn
+            out = []
+            for p in wanted:
+                row = await conn.fetchrow(
+                    "SELECT 1 FROM deliveries WHERE message_id = $1 AND recipient = $2"
+                    " AND state = 'pending' FOR UPDATE",
+                    p.message_id,
+                    p.recipient,
+                )
+                if row is not None:  # else ended meanwhile: a receipt, expiry or revocation
+                    out.append(p)
+            # Every record is made before anything is written: ``audit_for`` may refuse, and
+            # then nothing of this operation happened.
+            records = [audit_for(p) for p in out]
+            endings = [
+                _Ending(
+                    p,
+                    DeliveryState.PURGED,
+                    EventKind.PURGE,
+                    now,
+                    signer.sender_event(EventKind.PURGE, p.message_id, p.recipient, now, b""),
+                )
+                for p in out
+            ]
+            for rec in records:
+                batch.append(rec, self._leaf_hash(rec))
+            if endings:
+                await _write_endings(conn, endings)
+                for e in endings:
+                    batch.woke(e.purged.sender)
+            return out
+
+        # An ending like an expiry: the batch's buffered accepts are flushed first.
         result: list[Purged] = await self._submit(_Kind.EXPIRE, work)
         return result
 

@@ -48,6 +48,7 @@ from gateway.store.base import (
     DeliveryState,
     EventKind,
     MessageStatus,
+    PendingDelivery,
     Purged,
     QueueStat,
     ReceiptSigner,
@@ -779,6 +780,57 @@ class SqliteStore:
                 _end_delivery(
                     batch.conn, batch, p, DeliveryState.EXPIRED, EventKind.EXPIRY, now, event
                 )
+            return out
+
+        result: list[Purged] = await self._submit(work)
+        return result
+
+    async def pending_involving(self, partners: Sequence[str]) -> list[PendingDelivery]:
+        names = list(dict.fromkeys(partners))
+
+        def work(batch: _Batch) -> list[PendingDelivery]:
+            seen: dict[tuple[str, str], PendingDelivery] = {}
+            for name in names:
+                rows = batch.conn.execute(
+                    "SELECT d.message_id, m.sender, d.recipient, m.accepted_at, m.envelope"
+                    " FROM deliveries d JOIN messages m ON m.message_id = d.message_id"
+                    " WHERE d.state = 'pending' AND (m.sender = ? OR d.recipient = ?)"
+                    " ORDER BY d.seq, d.recipient",
+                    (name, name),
+                ).fetchall()
+                for r in rows:
+                    seen.setdefault(
+                        (r[0], r[2]),
+                        PendingDelivery(r[0], r[1], r[2], int(r[3]), bytes(r[4] or b"")),
+                    )
+            return list(seen.values())
+
+        result: list[PendingDelivery] = await self._submit(work)
+        return result
+
+    async def purge(
+        self, deliveries: Sequence[Purged], now: int, audit_for: Callable[[Purged], AuditRecord]
+    ) -> list[Purged]:
+        signer = self._signer
+        wanted = list(deliveries)
+
+        def work(batch: _Batch) -> list[Purged]:
+            out = []
+            for p in wanted:
+                row = batch.conn.execute(
+                    "SELECT 1 FROM deliveries WHERE message_id = ? AND recipient = ?"
+                    " AND state = 'pending'",
+                    (p.message_id, p.recipient),
+                ).fetchone()
+                if row is None:  # ended meanwhile (a receipt, an expiry, a token revocation)
+                    continue
+                record = audit_for(p)
+                batch.append(record, self._leaf_hash(record))
+                event = signer.sender_event(EventKind.PURGE, p.message_id, p.recipient, now, b"")
+                _end_delivery(
+                    batch.conn, batch, p, DeliveryState.PURGED, EventKind.PURGE, now, event
+                )
+                out.append(p)
             return out
 
         result: list[Purged] = await self._submit(work)
