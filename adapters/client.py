@@ -14,6 +14,13 @@ Rules kept here:
   impersonate the gateway. Only ``GET /v1/directory`` goes over an unpinned session of its
   own: the bundle authenticates itself (threshold signatures, versions, the key authority's
   timestamp), and fetching it is how a rotated gateway TLS key is learned.
+* **The client certificate can be switched live** (``use_ssl_context``, a rotated partner
+  ``tls`` key): every request names the context it is made with, and aiohttp's pool keys
+  connections by that context, so from the switch on each new request goes over a connection
+  made with the new certificate — pinned as before, since the check runs in the connector
+  whatever the context — while a request in flight finishes on the connection it has. Nothing
+  is closed or dropped: idle connections made with the old context are never handed out again
+  and end at the pool's keep-alive timeout.
 * Refusals arrive as problem+json; a transient one (``transient: true``, or a 429/503 without a
   document) is retried with bounded exponential backoff, waiting at least ``Retry-After``; a
   final one, or the last transient one, raises ``RefusedError`` carrying the ``Reason``.
@@ -181,6 +188,20 @@ class GatewayClient:
     def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(connector=connector, trust_env=True, timeout=self._timeout)
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The context new requests are made with (their client certificate)."""
+        return self._ssl
+
+    def use_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Make every request from now on with ``context`` (a new client certificate).
+
+        Requests in flight keep their connection and finish; a retry of one after a lost
+        connection is made with ``context`` (see the module rules). Safe at any time, also
+        inside a ``peer_check``.
+        """
+        self._ssl = context
+
     async def __aenter__(self) -> GatewayClient:
         if self._peer_check is None:
             self._session = self._new_session(aiohttp.TCPConnector(ssl=self._ssl))
@@ -232,6 +253,9 @@ class GatewayClient:
                     json=payload,
                     headers=headers,
                     params=params,
+                    # Per request, so a switched certificate is used from the next request on:
+                    # the pool keys connections by this context.
+                    ssl=self._ssl,
                 ) as response:
                     body = await response.read()
                     if response.status < 400:
@@ -368,3 +392,19 @@ class GatewayClient:
             "GET", "/v1/audit/proof", params={"from": str(old_size), "to": str(new_size)}
         )
         return doc
+
+    async def submit_key_revocation(self, statement: bytes) -> dict[str, Any]:
+        """POST /v1/keys/revocations: a partner's own key revocation statement, as
+        ``ketenpost keys revoke --self`` writes it (``keys.revocation.encode_revocation``).
+        The recorded revocation (the same document again for a statement recorded before)."""
+        doc: dict[str, Any] = await self._json(
+            "POST", "/v1/keys/revocations", data=statement, content_type="application/json"
+        )
+        return doc
+
+    async def key_revocations(self) -> list[dict[str, Any]]:
+        """GET /v1/keys/revocations: every statement the gateway recorded. Verify each one
+        yourself (``keys.revocation.verify_revocation`` of its ``statement``) before acting."""
+        doc: dict[str, Any] = await self._json("GET", "/v1/keys/revocations")
+        revocations: list[dict[str, Any]] = doc["revocations"]
+        return revocations

@@ -25,6 +25,15 @@ Rules kept here:
   the server is judged again. A server that still fails gets nothing: an alarm
   (``gateway_identity``), and ``GatewayIdentityError``, a kind of unreachable, so every step
   waits and retries exactly as for a gateway that is down.
+* **Our own TLS certificate follows the directory.** At start and after every directory
+  refresh (``reload_tls``) the adapter presents the newest pair of ``[tls] cert``/``key`` and
+  the rotated ``tls-N.crt``/``tls-N.key`` beside them that the directory lists as a usable
+  ``tls`` key of ours and that chains to our trust anchors, is valid and names our OIN
+  (``adapters.tlskeys``); when none does, the one presented stays. The switch is
+  ``GatewayClient.use_ssl_context``: requests in flight finish on their connections, new ones
+  use the new certificate, and the gateway pin is checked on them as on every connection. The
+  gateway accepts both certificates while both keys are listed (the predecessor until its
+  ``retire_at``), so a switch anywhere in that window refuses nothing.
 * **Acceptance receipts** are verified completely: the gateway's signature with the
   directory's gateway key, the message id and header hash, the checkpoint's signature and
   origin, the tree size, and the inclusion proof of **our own** leaf against the checkpoint's
@@ -82,6 +91,7 @@ import enum
 import hashlib
 import logging
 import secrets
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +127,7 @@ from adapters.metrics import AdapterMetrics
 from adapters.outbox import AdapterStore, NewOutbound, OutboxRow, RetainedCounts, TokenRow
 from adapters.processing_log import ProcessingLog
 from adapters.retention import apply_retention
+from adapters.tlskeys import SkipKind, TlsPair, choose_tls_pair, describe_pair
 from adapters.witness import (
     CheckpointInvalidError,
     PeerView,
@@ -181,7 +192,14 @@ from gateway.protocol.token import (
     verify_token_signature,
 )
 from gateway.protocol.types import MessageType
-from keys import CertificateError, Directory, Ed25519KeyPair, HybridKemKeyPair, KeyUse
+from keys import (
+    CertificateError,
+    Directory,
+    Ed25519KeyPair,
+    HybridKemKeyPair,
+    KeysError,
+    KeyUse,
+)
 from keys.deployment import read_outbox_key
 from keys.keyfile import PassphraseSource, load_ed25519_key, load_encrypt_key, resolve_passphrase
 from keys.tlsidentity import TlsFiles, check_gateway_certificate, client_context
@@ -290,7 +308,9 @@ class Identity:
     ``sign_key`` is the one ``adapter.toml`` names; ``sign_keys`` holds it and its rotated
     successors beside it (``adapters.config.key_family``), oldest first: the adapter signs
     with the newest one the directory lists as active (``Adapter.own_sign_key``). Every
-    encrypt key found is held, retired ones too, for messages still queued to them.
+    encrypt key found is held, retired ones too, for messages still queued to them. ``tls``
+    is the configured certificate and key; their rotated successors are found beside them
+    and picked by the directory too (``Adapter.reload_tls``).
     """
 
     partner_id: str
@@ -466,6 +486,8 @@ class Adapter:
         self.directory = DirectoryKeeper(trust, config.path(config.directory.bundle))
         self._token_cache: dict[str, ApproachToken] = {}
         self._wake = asyncio.Event()
+        # The kid of the TLS client certificate presented (``reload_tls``); set by ``open``.
+        self._tls_kid: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -499,13 +521,22 @@ class Adapter:
     async def open(self) -> None:
         self._store = AdapterStore(self.config.path(self.config.store.path))
         self._plog = ProcessingLog(self._store, self.partner_id, self.current_directory)
-        self.directory.load_local(self.clock.now())
-        context = client_context(self.identity.tls, self._environ)
+        now = self.clock.now()
+        self.directory.load_local(now)
+        # The newest own certificate the directory lists; the configured one when none
+        # qualifies (or no directory is at hand yet), which fails here as it always did.
+        pair = self._choose_tls(now)
+        context = self._tls_context(pair) if pair is not None else None
+        if pair is None or context is None:
+            pair = None
+            context = client_context(self.identity.tls, self._environ)
         # The engine does its own durable backoff; the client tries once per call.
         self._client = GatewayClient(
             self.gateway_url, context, attempts=1, peer_check=self._check_gateway_peer
         )
         await self._client.__aenter__()
+        # ``client_context`` has just read the configured pair, so it reads.
+        self._note_tls(pair or describe_pair(1, self.identity.tls, self._environ), switched=False)
         self.metrics.set_outbox_depth(self.store.outbox_depth())
         await self.transport.source.start(self)
 
@@ -1383,7 +1414,16 @@ class Adapter:
     # -- directory and witness -----------------------------------------------------------
 
     async def refresh_directory(self) -> bool:
-        """Fetch and verify the gateway's bundle; keep the last good one if it is refused."""
+        """Fetch and verify the gateway's bundle; keep the last good one if it is refused.
+
+        Then choose the own TLS certificate again (``reload_tls``) — also when the refresh
+        failed: a successor listed by the directory held may have reached its ``active_from``.
+        """
+        refreshed = await self._refresh_directory()
+        self.reload_tls()
+        return refreshed
+
+    async def _refresh_directory(self) -> bool:
         now = self.clock.now()
         try:
             data = await self.client.directory_bundle()
@@ -1409,6 +1449,84 @@ class Adapter:
             self.identity = Identity.load(self.config, self._environ)
         except AdapterError as exc:
             logger.warning("key_reload_failed", extra={"detail": str(exc)})
+
+    def _choose_tls(self, now: int) -> TlsPair | None:
+        """The newest own TLS pair that qualifies at ``now`` by the last good directory
+        (``adapters.tlskeys``); ``None`` when none does or no fresh directory is held. Pairs
+        skipped for a reason an operator must fix are logged as warnings."""
+        try:
+            directory = self.directory.current(now)
+        except DirectoryUnavailableError:
+            return None
+        try:
+            choice = choose_tls_pair(
+                self.identity.tls, directory, self.partner_id, now, self._environ
+            )
+        except (KeysError, OSError) as exc:  # the trust anchors cannot be read
+            logger.warning("tls_key_check_failed", extra={"detail": str(exc)})
+            return None
+        for skipped in choice.skipped:
+            # A successor before its active_from (or a retired predecessor) is no news.
+            if skipped.kind is not SkipKind.NOT_USABLE:
+                logger.warning(
+                    "tls_key_skipped",
+                    extra={
+                        "generation": skipped.generation,
+                        "certificate": str(skipped.certificate),
+                        "reason": skipped.kind.value,
+                        "detail": skipped.detail,
+                    },
+                )
+        return choice.pair
+
+    def _tls_context(self, pair: TlsPair) -> ssl.SSLContext | None:
+        """A client context presenting ``pair``; ``None`` (and a warning) if OpenSSL will not
+        load it although our checks passed (a file replaced in between, say)."""
+        try:
+            return client_context(pair.files, self._environ)
+        except (KeysError, OSError) as exc:  # ssl.SSLError is an OSError
+            logger.warning(
+                "tls_key_switch_failed",
+                extra={"certificate": str(pair.files.certificate), "detail": str(exc)},
+            )
+            return None
+
+    def _note_tls(self, pair: TlsPair, *, switched: bool) -> None:
+        """Record ``pair`` as the certificate presented: the kid, the metrics, a log line."""
+        self._tls_kid = pair.kid
+        self.metrics.tls_key(pair.generation, pair.not_after, switched=switched)
+        logger.info(
+            "tls_key_in_use",
+            extra={
+                "kid": pair.kid,
+                "generation": pair.generation,
+                "certificate": str(pair.files.certificate),
+                "not_after": pair.not_after,
+                "switched": switched,
+            },
+        )
+
+    @property
+    def tls_kid(self) -> str | None:
+        """The ``tls`` kid of the client certificate presented to the gateway (``None``
+        before ``open``)."""
+        return self._tls_kid
+
+    def reload_tls(self) -> bool:
+        """Present the newest own TLS certificate that qualifies now (see the module rules);
+        ``True`` if it switched. Keeps the one presented when none qualifies, when it already
+        is the one, or when a context cannot be built from it (a warning). Never raises."""
+        if self._client is None:
+            return False
+        pair = self._choose_tls(self.clock.now())
+        if pair is None or pair.kid == self._tls_kid:
+            return False
+        context = self._tls_context(pair)
+        if context is None:
+            return False
+        self._client.use_ssl_context(context)
+        self._note_tls(pair, switched=True)
+        return True
 
     def own_sign_key(self, directory: Directory | None, now: int) -> Ed25519KeyPair:
         """The newest own sign key the directory lists as active at ``now`` (the last good

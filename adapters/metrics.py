@@ -10,6 +10,9 @@ Rules kept here:
   so ``rate()`` has a series from the first scrape; labels that are open-ended (reasons, which
   include ``http_<status>``; senders) appear with their first event.
 * Timestamps are ``..._timestamp_seconds`` (Unix seconds) so an alert is ``time() - x > N``.
+* The TLS client certificate in use is told by its generation (1: the configured ``[tls]``
+  pair, N: ``tls-N``) and its ``notAfter``, never by a kid in a label (no metric here carries
+  a key id); the kid is in the ``tls_key_in_use`` log line.
 """
 
 from __future__ import annotations
@@ -103,6 +106,22 @@ class AdapterMetrics:
         self._tree_size = Gauge(
             PREFIX + "witnessed_tree_size", "Largest audit tree size witnessed.", registry=r
         )
+        self._tls_generation = Gauge(
+            PREFIX + "tls_key_generation",
+            "Generation of the TLS client certificate presented to the gateway "
+            "(1: the configured [tls] pair, N: the rotated tls-N pair).",
+            registry=r,
+        )
+        self._tls_expiry = Gauge(
+            PREFIX + "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the TLS client certificate presented to the gateway.",
+            registry=r,
+        )
+        self._tls_switches = Counter(
+            PREFIX + "tls_key_switches",
+            "Switches to another TLS client certificate without a restart (a rotated tls key).",
+            registry=r,
+        )
 
     def sent(self, message_type: str) -> None:
         self._sent.labels(message_type).inc()
@@ -151,6 +170,14 @@ class AdapterMetrics:
 
     def witnessed(self, size: int) -> None:
         self._tree_size.set(size)
+
+    def tls_key(self, generation: int, not_after: int | None, *, switched: bool) -> None:
+        """The TLS client certificate now presented (``not_after`` ``None``: unknown)."""
+        self._tls_generation.set(generation)
+        if not_after is not None:
+            self._tls_expiry.set(not_after)
+        if switched:
+            self._tls_switches.inc()
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's value (0 if absent), for tests and ``/healthz``."""

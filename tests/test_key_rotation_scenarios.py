@@ -33,6 +33,7 @@ from gateway.protocol.token import TokenSubject
 from gateway.protocol.types import MessageType, new_pseudonym
 from gateway.server import TrustedDirectorySource
 from keys import DirectoryKey, KeyUse
+from keys.ca import read_certificate_pem
 from keys.keyfile import load_ed25519_key
 from tests.adapters.conftest import BSN_A, BSN_B
 from tests.adapters.fake_system import FakeCaseSystem, persons
@@ -193,7 +194,24 @@ ROTATIONS = {
     "sender-sign-key": Rotation(POLICE, KeyUse.SIGN),
     "recipient-encrypt-key": Rotation(HALT, KeyUse.ENCRYPT),
     "coordinator-token-key": Rotation(VELSEN, KeyUse.TOKEN),
+    "partner-tls-key": Rotation(POLICE, KeyUse.TLS),
 }
+# The validity the CA gives the successor's certificate: shorter than ``keys certify``'s
+# default, so the gateway's certificate expiry gauge tells the two certificates apart.
+NEW_CERTIFICATE_DAYS = 200
+
+
+def certificate_expiry(gw: Gw, partner: str) -> float | None:
+    """The gateway's ``certificate_expiry`` gauge for ``partner``: the earliest ``notAfter``
+    of the client certificates it presented lately (recorded when the relay identified it)."""
+    text = gw.metrics.render().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "ketenpost_certificate_expiry_timestamp_seconds" and (
+                s.labels.get("partner") == partner
+            ):
+                return s.value
+    return None
 
 
 def old_and_new(gw: Gw, partner: str, use: KeyUse) -> tuple[DirectoryKey, DirectoryKey]:
@@ -220,6 +238,13 @@ async def test_rotation_while_traffic_flows(
 
     folder = officers.deploy / "partners" / case.partner
     officers("keys", "rotate", "--partner-dir", folder, "--use", case.use.value)
+    if case.use is KeyUse.TLS:
+        keys = folder / "keys"
+        officers(
+            "keys", "certify", "--ca", officers.deploy / "ca", "--partner", case.partner,
+            "--csr", keys / "tls-2.csr", "--out", keys / "tls-2.crt",
+            "--days", str(NEW_CERTIFICATE_DAYS),
+        )  # fmt: skip
     proposal = officers.propose_key_change(
         folder / "outgoing" / f"key-change-{case.use.value}-2.json", name
     )
@@ -238,6 +263,11 @@ async def test_rotation_while_traffic_flows(
     for m in stale:
         header = decode_envelope(envelope_of(police, m)).header
         assert new.kid not in {header.sender_kid, *(r.kid for r in header.recipients)}
+    if case.use is KeyUse.TLS:
+        # Still on the previous directory: the old certificate, which the gateway (on the
+        # new directory already) accepts until the old key's retire_at.
+        assert police.tls_kid == old.kid
+        assert police.metrics.value("tls_key_generation") == 1
 
     # Everyone refreshes: the newest usable key is used from now on.
     for adapter in covenant.adapters.values():
@@ -260,6 +290,28 @@ async def test_rotation_while_traffic_flows(
         sign_key = police.own_sign_key(None, gw.clock.now())
         receipt = await (await gw.client(POLICE)).submit(gw.seal(fresh_token, sign_key=sign_key))
         direct.append(receipt.message_id)
+    if case.use is KeyUse.TLS:
+        # The police adapter switched to the new certificate at its refresh, no restart.
+        assert police.tls_kid == new.kid
+        assert police.metrics.value("tls_key_generation") == 2
+        assert police.metrics.value("tls_key_switches_total") == 1
+        new_not_after = int(
+            read_certificate_pem(folder / "keys" / "tls-2.crt").not_valid_after_utc.timestamp()
+        )
+        assert police.metrics.value("tls_certificate_expiry_timestamp_seconds") == new_not_after
+        # The gateway identified the police by the new certificate (its notAfter is the
+        # earliest the police presented) ...
+        await gw.built.runtime.relay.refresh_metrics()
+        assert certificate_expiry(gw, POLICE) == new_not_after
+        # ... and, during the overlap, still by the old one too (both keys are listed).
+        old_certificate = await gw.client(POLICE)  # the configured keys/tls.crt
+        await old_certificate.message_status(fresh[0])
+        # From the old key's retire_at the gateway refuses the old certificate; traffic that
+        # still flows both ways (signals out, receipts back) went over the new one, and no
+        # connection made with the old certificate was used again.
+        assert old.retire_at is not None
+        gw.clock.set(old.retire_at)
+        fresh += await covenant.signals("old-retired")
 
     # Every message is opened by halt (the queued ones sealed to the old key too) and its
     # receipt comes back: no refusal, nothing lost.
@@ -270,6 +322,10 @@ async def test_rotation_while_traffic_flows(
     assert outcome_kinds(police, before + everything) == {"receipt"}
     assert refused_total(gw) == 0
     assert token.token_id in {c.token_id for c in covenant.systems[HALT].cases.values()}
+    if case.use is KeyUse.TLS:
+        with pytest.raises(RefusedError) as refused:
+            await old_certificate.message_status(fresh[0])
+        assert refused.value.reason is Reason.UNKNOWN_SENDER
 
 
 # -- revoking a compromised sign key ----------------------------------------------------------
