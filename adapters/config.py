@@ -12,7 +12,9 @@ Rules kept here:
 
 from __future__ import annotations
 
+import json
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,31 +133,45 @@ def load_partner_dir(partner_dir: Path) -> AdapterConfig:
 
 
 def render_adapter_toml(
-    partner_id: str, *, gateway_url: str, coordinator: bool, system: str = ""
+    partner_id: str,
+    *,
+    gateway_url: str,
+    coordinator: bool,
+    system: str = "",
+    encrypt: Sequence[str] = ("keys/encrypt.key",),
+    trust_anchors: Sequence[str] = ("trust/ca.crt",),
+    passphrase: str = "",
 ) -> str:
-    """The ``adapter.toml`` that ``ketenpost init`` writes into a partner folder.
+    """The ``adapter.toml`` that ``ketenpost init`` and ``ketenpost adapter configure`` write
+    into a partner folder.
 
     ``system`` is the ``[system]`` table of the partner's transport as TOML text (for a
     development deployment ``adapters.registry.default_system_toml(role)``); it is appended
-    as given, after the sections the SDK owns. Empty: no ``[system]`` table.
+    as given, after the sections the SDK owns. Empty: no ``[system]`` table. ``encrypt`` lists
+    the encrypt key files, oldest first (the adapter opens with every one of them), and
+    ``trust_anchors`` the CA certificates; both relative to the folder or absolute.
+    ``passphrase`` names where the key files' passphrase comes from (``file:PATH`` or
+    ``env:NAME``, never the passphrase itself); empty: key files in clear.
     """
     token_line = 'token = "keys/token.key"\n' if coordinator else ""
+    passphrase_line = f"passphrase = {_toml_string(passphrase)}\n" if passphrase else ""
     system_part = "\n" + system.strip() + "\n" if system.strip() else ""
     return (
         f"# Ketenpost adapter of {partner_id}. Paths are relative to this folder.\n"
         "[partner]\n"
-        f'id = "{partner_id}"\n\n'
+        f"id = {_toml_string(partner_id)}\n\n"
         "[gateway]\n"
-        f'url = "{gateway_url}"\n\n'
+        f"url = {_toml_string(gateway_url)}\n\n"
         "[tls]\n"
         'cert = "keys/tls.crt"\n'
         'key = "keys/tls.key"\n'
-        'trust_anchors = ["trust/ca.crt"]\n\n'
+        f"trust_anchors = {_toml_array(trust_anchors)}\n\n"
         "[keys]\n"
         'sign = "keys/sign.key"\n'
-        'encrypt = ["keys/encrypt.key"]\n'
+        f"encrypt = {_toml_array(encrypt)}\n"
         f"{token_line}"
-        'outbox = "keys/outbox.key"\n\n'
+        'outbox = "keys/outbox.key"\n'
+        f"{passphrase_line}\n"
         "[directory]\n"
         'bundle = "directory"\n'
         'trusted_root = "directory/root.json"\n\n'
@@ -163,3 +179,14 @@ def render_adapter_toml(
         'path = "adapter.db"\n'
         f"{system_part}"
     )
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string is a TOML basic string: the same quotes and escapes, and quote, backslash,
+    # control characters and non-ASCII come out escaped. (DEL does not, which TOML refuses:
+    # `adapter configure` loads what it rendered before writing it, so that is caught.)
+    return json.dumps(text)
+
+
+def _toml_array(items: Sequence[str]) -> str:
+    return "[" + ", ".join(_toml_string(item) for item in items) + "]"
