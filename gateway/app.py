@@ -27,6 +27,12 @@ Rules kept here:
   verified against the gateway's trusted state, persisted and served without a restart; a
   refusal is a problem document whose ``reason`` is the ``keys`` reason
   (``directory_rollback``, ``directory_threshold``, ``directory_timestamp_stale``, …).
+* **A partner's own key revocation** (``POST /v1/keys/revocations``): the body is the
+  statement exactly as ``ketenpost keys revoke --self`` writes it (JSON). It authenticates
+  itself (signed by another of the partner's own sign keys), so any partner may carry it; the
+  caller is recorded. 201 with the recorded statement the first time, 200 with the same
+  document again. ``GET /v1/keys/revocations`` lists every recorded statement, so partners can
+  verify them themselves (docs/adr/0011).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from aiohttp import web
 
 from gateway.metrics import UNMATCHED_ROUTE, GatewayMetrics
 from gateway.protocol.reasons import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, problem
-from gateway.relay import PublishableDirectorySource, Refusal, Relay
+from gateway.relay import PublishableDirectorySource, RecordedRevocation, Refusal, Relay
 from gateway.signer import GatewaySigner
 from keys import DirectoryError, KeysReason, Partner
 from keys.signed_directory import decode_bundle, encode_bundle, read_bundle
@@ -371,6 +377,36 @@ async def get_approach(request: web.Request) -> web.Response:
     )
 
 
+def _key_revocation(recorded: RecordedRevocation) -> dict[str, Any]:
+    row = recorded.row
+    return {
+        "statement_hash": row.statement_hash,
+        "partner": row.partner,
+        "kid": row.kid,
+        "signing_kid": row.signing_kid,
+        "revoked_at": row.revoked_at,
+        "compromised_since": row.compromised_since,
+        "recorded_at": row.recorded_at,
+        "carried_by": row.carried_by,
+        "leaf_index": row.audit_index,
+        # The statement as recorded, so a partner can verify its signature itself.
+        "statement": msgspec.to_builtins(recorded.statement),
+    }
+
+
+async def post_key_revocation(request: web.Request) -> web.Response:
+    partner = _caller(request)
+    body = await request.read()
+    recorded = await request.app[RUNTIME].relay.record_key_revocation(body, partner)
+    return web.json_response(_key_revocation(recorded), status=201 if recorded.first_time else 200)
+
+
+async def get_key_revocations(request: web.Request) -> web.Response:
+    _caller(request)
+    recorded = await request.app[RUNTIME].relay.key_revocations()
+    return web.json_response({"revocations": [_key_revocation(r) for r in recorded]})
+
+
 async def get_directory(request: web.Request) -> web.Response:
     _caller(request)
     folder = request.app[RUNTIME].bundle_dir
@@ -527,6 +563,8 @@ def create_partner_app(runtime: Runtime) -> web.Application:
     app.router.add_post("/v1/approaches", register_approach)
     app.router.add_post("/v1/approaches/{token_id}/revocation", revoke_approach)
     app.router.add_get("/v1/approaches/{token_id}", get_approach)
+    app.router.add_post("/v1/keys/revocations", post_key_revocation)
+    app.router.add_get("/v1/keys/revocations", get_key_revocations)
     app.router.add_get("/v1/directory", get_directory)
     app.router.add_post("/v1/directory", publish_directory)
     app.router.add_get("/v1/audit/checkpoint", get_checkpoint)

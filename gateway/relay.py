@@ -36,6 +36,23 @@ Rules kept here (DESIGN.md "The relay decision", "Delivery", "Audit log"):
   every one when the compromise time is unknown, those accepted from ``compromised_since`` on
   otherwise) and those addressed to a partner that has left (``left_at`` passed). Messages a
   leaving partner sent before ``left_at`` stay deliverable: their signatures stand.
+* A revoked ``token`` key voids the registered tokens it signed from its compromise time on
+  (every one when that is unknown; judged at the gateway's ``registered_at``, as
+  ``token.check_token_status`` does): ``judge_queue`` purges the undelivered messages under
+  those tokens at the same point as those of a revoked sign key (reason
+  ``token_issuer_key_compromised``). Queued messages to a revoked ``encrypt`` key are not
+  purged: they are handed only to the recipient over its own mTLS, which still holds the private
+  key; new ones are refused (``recipient_key_invalid``).
+* **A partner's own key revocation** (``record_key_revocation``, docs/adr/0011): a statement
+  signed by another usable sign key of the same partner (``keys.revocation``), carried in by
+  any partner, is verified against the last verified directory with the overlay, stored with a
+  ``key_revoked`` audit entry, and laid over every directory the relay judges by from then on
+  (``keys.revocation.with_revocations``: the earliest revocation and the widest compromise
+  window win, so no later directory undoes it). The queue is judged at once. The same
+  statement again returns the recorded row. Replicas read every recorded statement from the
+  store at most ``REVOCATION_POLL_S`` apart (and at start-up), and judge their queue again
+  when the set grew; an acceptance racing a statement recorded on this replica is refused
+  inside the store transaction (``_token_check`` sees the statement before it is committed).
 * Refusals of approach registration and revocation are counted and audited too: the sender is
   the TLS partner; the token id is recorded only once the token's signature verified, or, for a
   revocation, once the token is found registered.
@@ -119,6 +136,7 @@ from gateway.store.base import (
     AuditRecord,
     Delivery,
     DeliveryState,
+    KeyRevocationRow,
     MessageStatus,
     PendingDelivery,
     Purged,
@@ -140,7 +158,18 @@ from keys import (
     Partner,
     check_usable,
 )
+from keys.errors import BadSignatureError, KeysError
 from keys.keypair import spki_kid
+from keys.revocation import (
+    KeyRevocation,
+    RevocationError,
+    RevocationRefusal,
+    decode_revocation,
+    encode_revocation,
+    statement_hash,
+    with_revocations,
+)
+from keys.revocation import verify_revocation as verify_key_revocation
 from keys.signed_directory import DirectoryBundle, DirectoryExpiry
 from keys.state import check_signature_time
 from keys.tlsidentity import identify_peer
@@ -164,6 +193,16 @@ IDENTITY_MEMO_SIZE: Final = 1024
 # within this window (adapters long-poll, so a certificate in use is seen every few seconds);
 # a certificate replaced by a renewed one drops out of the gauge an hour after its last use.
 CERTIFICATE_SEEN_WINDOW_S: Final = 3600
+# Seconds (monotonic) between reads of the recorded key revocation statements from the store:
+# how late a replica learns a statement another replica recorded. A message it accepts
+# meanwhile under the revoked key is void by the statement's own times and purged once learnt.
+REVOCATION_POLL_S: Final = 1.0
+# Why a self-revocation statement is refused, by ``keys.revocation`` refusal; every other
+# refusal means the signer is not another usable sign key of the same partner.
+_STATEMENT_REASONS: Final = {
+    RevocationRefusal.UNKNOWN_KEY: Reason.KEY_REVOCATION_UNKNOWN_KEY,
+    RevocationRefusal.BAD_TIMES: Reason.KEY_REVOCATION_MALFORMED,
+}
 
 _ENVELOPE_REASONS: Final = {
     EnvelopeReason.TOO_LARGE: Reason.ENVELOPE_TOO_LARGE,
@@ -265,6 +304,38 @@ class ReceiptOutcome:
 class Registered:
     row: TokenRow
     first_time: bool
+
+
+@dataclass(frozen=True)
+class RecordedRevocation:
+    """A key revocation statement as recorded (``first_time``: by this request), and how many
+    undelivered messages judging the queue purged then."""
+
+    row: KeyRevocationRow
+    statement: KeyRevocation
+    first_time: bool
+    purged: int = 0
+
+
+def _merged_revocations(
+    statements: Sequence[KeyRevocation],
+) -> dict[str, tuple[int, int | None]]:
+    """kid -> (earliest ``revoked_at``, compromise time: ``None`` if any statement says unknown,
+    else the earliest)."""
+    out: dict[str, tuple[int, int | None]] = {}
+    unknown: set[str] = set()
+    for st in statements:
+        if st.compromised_since is None:
+            unknown.add(st.kid)
+        old = out.get(st.kid)
+        if old is None:
+            out[st.kid] = (st.revoked_at, st.compromised_since)
+            continue
+        since = old[1] if st.compromised_since is None else st.compromised_since
+        if old[1] is not None and since is not None:
+            since = min(old[1], since)
+        out[st.kid] = (min(old[0], st.revoked_at), since)
+    return {kid: (at, None if kid in unknown else since) for kid, (at, since) in out.items()}
 
 
 def audit_leaf_hash(record: AuditRecord) -> bytes:
@@ -440,6 +511,96 @@ class Relay:
         self._judged: Directory | None = None
         self._judge_again_at: int | None = None
         self._judging = asyncio.Lock()
+        # Partners' own key revocation statements (docs/adr/0011): those recorded (by any
+        # replica, as last read from the store), by statement hash; those this replica is
+        # recording right now; and the directory view with the recorded ones laid over it.
+        self._revocations: dict[str, tuple[KeyRevocationRow, KeyRevocation]] = {}
+        self._recording: dict[str, KeyRevocation] = {}
+        # kid -> (revoked_at, compromised_since) over recorded and recording statements: what
+        # the accept transaction checks the sender key against (replaced, never mutated).
+        self._revoked_kids: dict[str, tuple[int, int | None]] = {}
+        self._revocations_version = 0
+        self._revocations_read_at: float | None = None
+        self._view_base: Directory | None = None
+        self._view_version = -1
+        self._view: Directory | None = None
+
+    # -- the directory, with partners' own revocations laid over it ----------------------
+
+    def _overlaid(self, directory: Directory) -> Directory:
+        """``directory`` with every recorded key revocation statement laid over it (the same
+        object while none is recorded, and one view per directory and statement set)."""
+        if not self._revocations:
+            return directory
+        if directory is not self._view_base or self._view_version != self._revocations_version:
+            self._view = with_revocations(directory, [st for _, st in self._revocations.values()])
+            self._view_base = directory
+            self._view_version = self._revocations_version
+        assert self._view is not None
+        return self._view
+
+    def current_directory(self, now: int) -> Directory:
+        """The directory the relay decides by: ``directories.current(now)`` with the overlay.
+        Raises ``DirectoryError`` when it has expired."""
+        return self._overlaid(self.directories.current(now))
+
+    def last_directory(self) -> Directory:
+        """The last verified directory with the overlay (authentication, delivery, purges)."""
+        return self._overlaid(self.directories.last())
+
+    def _adopt(self, rows: Sequence[KeyRevocationRow]) -> bool:
+        """Take recorded statements into the overlay; whether any was new."""
+        new = False
+        for row in rows:
+            if row.statement_hash in self._revocations:
+                continue
+            try:
+                statement = decode_revocation(row.statement)
+            except KeysError:  # verified when recorded; a damaged row must not stop the relay
+                logger.warning("key_revocation_unreadable", extra={"partner": row.partner})
+                continue
+            self._revocations[row.statement_hash] = (row, statement)
+            new = True
+        if new:
+            self._revocations_version += 1
+            self._remerge()
+        return new
+
+    def _remerge(self) -> None:
+        self._revoked_kids = _merged_revocations(
+            [st for _, st in self._revocations.values()] + list(self._recording.values())
+        )
+
+    async def refresh_key_revocations(self) -> bool:
+        """Read every recorded statement from the store (other replicas' too) into the overlay;
+        whether any was new. Raises ``StoreError``."""
+        self._revocations_read_at = self.clock.monotonic()
+        return self._adopt(await self.store.key_revocations())
+
+    async def _fresh_revocations(self) -> None:
+        """``refresh_key_revocations`` when the last read is ``REVOCATION_POLL_S`` old (or
+        there was none yet). A store failure leaves the overlay as it was, retried next poll."""
+        read_at = self._revocations_read_at
+        if read_at is not None and self.clock.monotonic() - read_at < REVOCATION_POLL_S:
+            return
+        try:
+            await self.refresh_key_revocations()
+        except StoreError as exc:
+            # No ``store_error`` series of its own (``STORE_OPERATIONS`` is fixed in
+            # gateway.metrics); the warning names it.
+            logger.warning("key_revocations_unreadable", extra={"error": exc})
+
+    def _check_sender_not_revoked(self, header: Header, now: int) -> None:
+        """Inside the accept transaction: the sender key is not revoked by a statement recorded
+        (or being recorded) since the signature was checked outside it."""
+        revoked = self._revoked_kids.get(header.sender_kid)
+        if revoked is None:
+            return
+        revoked_at, since = revoked
+        if since is not None and now >= since:
+            raise Refusal(Reason.KEY_COMPROMISED, "the sender key is compromised since before now")
+        if now >= revoked_at:
+            raise Refusal(Reason.KEY_REVOKED, "the sender key is revoked")
 
     # -- identity ------------------------------------------------------------------------
 
@@ -448,7 +609,7 @@ class Relay:
         if not cert_der:
             raise Refusal(Reason.UNKNOWN_SENDER, "no client certificate")
         try:
-            directory = self.directories.last()
+            directory = self.last_directory()
             known = self._identities.get(cert_der, directory, now)
             if known is not None:
                 return known
@@ -476,6 +637,7 @@ class Relay:
         Raises ``Refusal``. The refusal is counted and audited before it is raised.
         """
         started = time.perf_counter()
+        await self._fresh_revocations()
         now = self.clock.now()
         sender_label = UNKNOWN_SENDER
         # The audit name of a caller refused before authentication; worked out only then (it
@@ -498,7 +660,7 @@ class Relay:
             if len(header.recipients) > self.limits.max_recipients:
                 raise Refusal(Reason.TOO_MANY_RECIPIENTS, "too many recipients")
             try:
-                directory = self.directories.current(now)
+                directory = self.current_directory(now)
             except DirectoryError as exc:
                 raise Refusal(Reason.DIRECTORY_EXPIRED, str(exc)) from None
             if header.sender != partner.id:
@@ -623,6 +785,7 @@ class Relay:
     ) -> AuditRecord:
         """The ``TokenCheck``: runs in the store's transaction, with the row as it sees it.
         Returns ``sealed``, the acceptance's audit record, once every check passed."""
+        self._check_sender_not_revoked(header, now)
         if header.token_id == NO_TOKEN_ID:
             raise Refusal(Reason.NO_TOKEN, "the envelope names no approach token")
         if row is None:
@@ -758,10 +921,11 @@ class Relay:
         Idempotent for the same token bytes; another token under a registered id, or a token
         superseding one already superseded, is ``token_conflict``.
         """
+        await self._fresh_revocations()
         now = self.clock.now()
         token_id: str | None = None  # recorded in a refusal's entry once the signature verified
         try:
-            directory = self.directories.current(now)
+            directory = self.current_directory(now)
         except DirectoryError as exc:
             raise await self._approach_refused(
                 Refusal(Reason.DIRECTORY_EXPIRED, str(exc)), partner, now, token_id
@@ -843,7 +1007,7 @@ class Relay:
         an expired directory must not hold it up.
         """
         now = self.clock.now()
-        directory = self.directories.last()
+        directory = self.last_directory()
         # The path's token id is recorded in a refusal's entry only once it names a token.
         registered_id: str | None = None
         try:
@@ -889,7 +1053,7 @@ class Relay:
         if row is None:
             raise Refusal(Reason.TOKEN_NOT_REGISTERED, "no such approach token")
         try:
-            token = self._verified_token(row, self.directories.last())
+            token = self._verified_token(row, self.last_directory())
         except TokenError as exc:
             raise Refusal(exc.reason, str(exc)) from None
         if partner.id not in token.participants:
@@ -912,6 +1076,110 @@ class Relay:
             token_id=token_id,
         )
         return await self._refused(refusal, entry, None, partner.id, token_id)
+
+    # -- partners' own key revocations ---------------------------------------------------
+
+    async def record_key_revocation(self, body: bytes, partner: Partner) -> RecordedRevocation:
+        """Record a partner's own key revocation statement (``keys revoke --self``), carried in
+        by ``partner`` (any partner may carry one: the statement authenticates itself), lay it
+        over the directory from now on, and purge the queue it voids (module rules).
+
+        Verified against the last verified directory with the overlay, so a key revoked by an
+        earlier statement signs no further one; an expired directory does not hold it up (a
+        revocation only narrows what is relayed). Idempotent: a statement already recorded is
+        answered with its row, without being judged again. Raises ``Refusal``
+        (``key_revocation_malformed``, ``key_revocation_unknown_key``,
+        ``key_revocation_signer_invalid``, ``bad_revocation_signature``, ``store_unavailable``),
+        counted and audited like a refused approach registration.
+        """
+        await self._fresh_revocations()
+        now = self.clock.now()
+        try:
+            try:
+                statement = decode_revocation(body)
+            except KeysError as exc:
+                raise Refusal(Reason.KEY_REVOCATION_MALFORMED, str(exc)) from None
+            digest = statement_hash(statement)
+            known = self._revocations.get(digest)
+            if known is not None:
+                return RecordedRevocation(known[0], known[1], first_time=False)
+            self._check_statement(statement, self.last_directory(), now)
+            row = KeyRevocationRow(
+                statement_hash=digest,
+                partner=statement.partner,
+                kid=statement.kid,
+                signing_kid=statement.signing_kid,
+                revoked_at=statement.revoked_at,
+                compromised_since=statement.compromised_since,
+                statement=encode_revocation(statement),
+                recorded_at=now,
+                carried_by=partner.id,
+            )
+            audit = _record(
+                AuditEntry(
+                    time=now,
+                    decision=AuditDecision.KEY_REVOKED,
+                    sender=partner.id,
+                    recipients=(statement.partner,),
+                    header_hash=digest,
+                ),
+                None,
+            )
+            # Seen by the accept transaction from now on, so an acceptance under the key that
+            # commits after this statement is refused there (``_check_sender_not_revoked``).
+            self._recording[digest] = statement
+            self._remerge()
+            try:
+                stored, first_time = await self.store.record_key_revocation(row, audit)
+            finally:
+                del self._recording[digest]
+                self._remerge()
+            self._adopt([stored])
+        except StoreError as exc:
+            logger.warning("key_revocation_unrecorded", extra={"error": exc})
+            raise await self._approach_refused(
+                Refusal(Reason.STORE_UNAVAILABLE, str(exc)), partner, now, None
+            ) from None
+        except Refusal as refusal:
+            raise await self._approach_refused(refusal, partner, now, None) from None
+        logger.info("key_revoked", extra={"partner": statement.partner, "sender": partner.id})
+        try:
+            purged = await self.judge_queue()
+        except StoreError as exc:  # judged again before the next lease or sweep
+            logger.warning("queue_judgement_failed", extra={"error": exc})
+            purged = []
+        return RecordedRevocation(stored, statement, first_time, len(purged))
+
+    def _check_statement(self, statement: KeyRevocation, directory: Directory, now: int) -> None:
+        try:
+            directory.partner(statement.partner)
+        except DirectoryError:
+            raise Refusal(
+                Reason.KEY_REVOCATION_UNKNOWN_KEY, "the statement names no partner of the directory"
+            ) from None
+        try:
+            verify_key_revocation(statement, directory, now, skew_s=self.limits.clock_skew_s)
+        except RevocationError as exc:
+            code = _STATEMENT_REASONS.get(exc.refusal, Reason.KEY_REVOCATION_SIGNER_INVALID)
+            raise Refusal(code, str(exc)) from None
+        except BadSignatureError:
+            raise Refusal(
+                Reason.BAD_REVOCATION_SIGNATURE, "the statement's signature does not verify"
+            ) from None
+
+    async def key_revocations(self) -> list[RecordedRevocation]:
+        """Every recorded key revocation statement (all replicas'), in recording order."""
+        try:
+            rows = await self.store.key_revocations()
+        except StoreError as exc:
+            logger.warning("key_revocations_unreadable", extra={"error": exc})
+            raise Refusal(Reason.STORE_UNAVAILABLE, str(exc)) from None
+        self._adopt(rows)
+        return [
+            RecordedRevocation(row, self._revocations[row.statement_hash][1], first_time=False)
+            for row in rows
+            if row.statement_hash in self._revocations
+        ]
 
     def _count(self, refusal: Refusal, partner: Partner) -> Refusal:
         self.metrics.refused(refusal.code.value, partner.id)
@@ -957,8 +1225,9 @@ class Relay:
         message the caller is a recipient of with its header hash. One for a delivery already
         ended is counted in ``already_finished`` (a retry after a lost answer).
         """
+        await self._fresh_revocations()
         now = self.clock.now()
-        directory = self.directories.last()
+        directory = self.last_directory()
         verified: list[tuple[DeliveryState, bytes, DeliveryReceipt | Rejection]] = []
         for raw, state in [(r, DeliveryState.DELIVERED) for r in receipts] + [
             (r, DeliveryState.REJECTED) for r in rejections
@@ -1087,11 +1356,12 @@ class Relay:
         becomes a ``purge`` sender event and a ``purged`` audit entry. Does nothing while the
         directory is the one last judged and nothing it names has come due since. Raises
         ``StoreError`` (judged again next time)."""
-        if self._queue_judged(self.directories.last(), self.clock.now()):
+        await self._fresh_revocations()
+        if self._queue_judged(self.last_directory(), self.clock.now()):
             return []
         async with self._judging:
             now = self.clock.now()
-            directory = self.directories.last()
+            directory = self.last_directory()
             if self._queue_judged(directory, now):
                 return []
             purged = await self._purge_voided(directory, now)
@@ -1111,24 +1381,28 @@ class Relay:
 
     async def _purge_voided(self, directory: Directory, now: int) -> list[Purged]:
         left = {p.id for p in directory.partners() if p.left_at is not None and now >= p.left_at}
-        revoked: dict[str, dict[str, DirectoryKey]] = {}
-        for p in directory.partners():
-            keys = {
-                k.kid: k
-                for k in p.keys
-                if k.use is KeyUse.SIGN and k.revoked_at is not None and now >= k.revoked_at
-            }
-            if keys:
-                revoked[p.id] = keys
-        if not left and not revoked:
+        revoked = _revoked_keys(directory, KeyUse.SIGN, now)
+        token_keys = _revoked_keys(directory, KeyUse.TOKEN, now)
+        if not left and not revoked and not token_keys:
             return []
-        pending = await self.store.pending_involving(sorted(left | set(revoked)))
+        pending = (
+            await self.store.pending_involving(sorted(left | set(revoked)))
+            if left or revoked
+            else []
+        )
         reasons: dict[tuple[str, str], Reason] = {}
         for d in pending:
             if d.recipient in left:
                 reasons[d.message_id, d.recipient] = Reason.UNKNOWN_RECIPIENT
             elif d.sender in revoked and _signature_void(d, revoked[d.sender], now):
                 reasons[d.message_id, d.recipient] = Reason.KEY_COMPROMISED
+        void = await self._void_tokens(directory, token_keys, now)
+        if void:
+            seen = {(d.message_id, d.recipient) for d in pending}
+            for d in await self.store.pending_under(sorted(void)):
+                if (d.message_id, d.recipient) not in seen:
+                    pending.append(d)
+                reasons.setdefault((d.message_id, d.recipient), Reason.TOKEN_ISSUER_KEY_COMPROMISED)
         if not reasons:
             return []
 
@@ -1155,6 +1429,31 @@ class Relay:
             self.metrics.purged(reasons[ended.message_id, ended.recipient].value)
         logger.info("queue_purged", extra={"count": len(purged)})
         return purged
+
+    async def _void_tokens(
+        self, directory: Directory, token_keys: dict[str, dict[str, DirectoryKey]], now: int
+    ) -> set[str]:
+        """Ids of the registered, unrevoked tokens that a revoked token key voids: signed by it
+        and registered at or after its compromise time (all when that is unknown), the rule
+        ``token.check_token_status`` applies to every message."""
+        if not token_keys:
+            return set()
+        void: set[str] = set()
+        for row in await self.store.tokens_of(sorted(token_keys)):
+            if row.revoked_at is not None:
+                continue  # its messages were purged when it was revoked
+            try:
+                token = self._verified_token(row, directory)
+            except TokenError:
+                continue
+            key = token_keys.get(row.coordinator, {}).get(token.issuer_kid)
+            if key is None:
+                continue
+            try:
+                check_signature_time(key, row.registered_at, now)
+            except KeyStateError:
+                void.add(row.token_id)
+        return void
 
     async def sweep_expired(self) -> int:
         """Delete undelivered messages past ``expires_at``; each becomes an ``expiry`` sender
@@ -1207,7 +1506,7 @@ class Relay:
         )
         head = await self.store.audit_head()
         self.metrics.set_audit_tree_size(head.size)
-        directory = self.directories.last()
+        directory = self.last_directory()
         owners = [(p.id, p.keys) for p in directory.partners()]
         owners.append((directory.gateway.id, directory.gateway.keys))
         expiries: dict[tuple[str, str], float] = {}
@@ -1231,6 +1530,22 @@ class Relay:
         tokens = await self.store.token_expiries(now)
         self.metrics.set_token_expiries({c: float(t) for c, t in tokens.items()})
         self.metrics.set_directory_expiries(_directory_expiry(self.directories))
+
+
+def _revoked_keys(
+    directory: Directory, use: KeyUse, now: int
+) -> dict[str, dict[str, DirectoryKey]]:
+    """Partner -> its ``use`` keys revoked by ``now``, by kid."""
+    out: dict[str, dict[str, DirectoryKey]] = {}
+    for p in directory.partners():
+        keys = {
+            k.kid: k
+            for k in p.keys
+            if k.use is use and k.revoked_at is not None and now >= k.revoked_at
+        }
+        if keys:
+            out[p.id] = keys
+    return out
 
 
 def _signature_void(delivery: PendingDelivery, revoked: dict[str, DirectoryKey], now: int) -> bool:

@@ -151,6 +151,8 @@ ADAPTER_TOML: Final = "adapter.toml"
 
 # How long ``publish --gateway`` waits for the gateway's answer.
 GATEWAY_TIMEOUT_S: Final = 30.0
+# The exit status of a verb whose request the gateway refused (as ``ketenpost send``).
+EXIT_REFUSED: Final = 3
 
 
 # --- files exchanged between partners, officers and the key authority ----------------------
@@ -1382,11 +1384,32 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
             signing_key=signing_key,
         )
         verify_revocation(statement, directory, now)
+        context = _revocation_gateway_context(args) if args.gateway else None
         create_file_exclusive(out, encode_revocation(statement), PUBLIC_FILE_MODE)
-        _out(_statement_json(statement, out))
+        report = _statement_json(statement, out)
+        if args.gateway:
+            status, answer = post_key_revocation(
+                args.gateway, encode_revocation(statement), context
+            )
+            if status >= 400:
+                _out(report)
+                reason = answer.get("reason") or f"http_{status}"
+                detail = answer.get("detail") or answer.get("title") or ""
+                print(f"ketenpost: error: refused: {reason}: {detail}", file=sys.stderr)
+                _say(f"the statement {out} is kept; the gateway did not record it")
+                return EXIT_REFUSED
+            report["gateway"] = answer
+        _out(report)
         _say(
-            f"wrote the revocation statement {out}, signed by {signing_path.name}; hand it to "
-            "the officers (keys directory propose --revocation) and the gateway operator"
+            f"wrote the revocation statement {out}, signed by {signing_path.name}"
+            + (
+                f"; the gateway at {args.gateway} acts on it from now on. Hand it to the "
+                "officers too (keys directory propose --revocation)"
+                if args.gateway
+                else "; hand it to the officers (keys directory propose --revocation) and "
+                "submit it to the gateway (revoke --self --gateway URL, or any partner's "
+                "POST /v1/keys/revocations)"
+            )
         )
         return 0
     if not args.partner:
@@ -1431,6 +1454,45 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     _report_proposal(out, proposal)
     _say(f"drafted directory v{repo.version + 1} revoking {args.kid[:16]} in {out}")
     return 0
+
+
+def _revocation_gateway_context(args: argparse.Namespace) -> ssl.SSLContext:
+    context = _gateway_context(args)
+    if context is None:
+        raise CliError(
+            f"--gateway {args.gateway}: a key revocation goes to the partner listener (https://)"
+        )
+    return context
+
+
+def post_key_revocation(
+    url: str, data: bytes, context: ssl.SSLContext | None
+) -> tuple[int, dict[str, Any]]:
+    """``POST`` a statement to ``URL/v1/keys/revocations``; the status and the JSON answer
+    (the recorded revocation, or the problem document of a refusal). Raises ``CliError`` when
+    the gateway cannot be reached or answers something else than JSON."""
+    request = urllib.request.Request(  # noqa: S310 - https only, checked by the caller
+        url.rstrip("/") + "/v1/keys/revocations",
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - https only, checked by the caller
+            request, timeout=GATEWAY_TIMEOUT_S, context=context
+        ) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot reach the gateway at {url}: {exc}") from None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise CliError(f"the gateway answered {status}: {body[:200]!r}")
+    return status, answer
 
 
 def _statement_json(statement: KeyRevocation, path: Path) -> dict[str, Any]:
@@ -1617,6 +1679,16 @@ def register(subparsers: SubParsers) -> None:
     p.add_argument("--kid", required=True, help="the key to revoke")
     p.add_argument("--signing-kid", metavar="KID", help="with --self: another own sign key")
     p.add_argument("--out", metavar="FILE", help="the new proposal or statement")
+    p.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="with --self: also submit the statement to a running gateway (https:// partner "
+        "port); it acts on it at once. A refusal exits 3",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM, 0600)")
+    p.add_argument("--trust-anchor", action="append", metavar="FILE", help="CA certificate(s)")
+    p.add_argument("--tls-passphrase", metavar="SOURCE", help="file:PATH or env:NAME")
     _add_compromise(p)
     _add_passphrase(p, "the signing key (with --self)")
     _add_now(p)

@@ -17,16 +17,26 @@ a statement signed by another of its own keys; the next directory version record
   not begin after it.
 * Refusals raise ``RevocationError`` with a ``RevocationRefusal`` detail; a signature that does
   not verify raises ``BadSignatureError`` (opaque, as everywhere).
+* A statement is named by ``statement_hash``: SHA-256 of its canonical encoding
+  (``encode_revocation``), so the same statement carried twice, however its JSON was spaced, is
+  one statement.
+* ``with_revocations`` lays verified statements over a directory (the gateway's overlay, ADR
+  0011): per key the earliest ``revoked_at`` wins, and the compromise window only ever widens
+  (an unknown compromise time, from the directory or any statement, voids every signature;
+  otherwise the earliest known time counts). A later directory can therefore never undo a
+  statement: laid over it, the key stays revoked at least as the statement says.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Iterable
 from typing import Final, Literal
 
 import msgspec
 
-from keys.directory import Directory, Kid, PartnerId, UnixTime
+from keys.directory import Directory, DirectoryKey, Kid, PartnerId, UnixTime
 from keys.errors import DirectoryError, KeysError, KeysReason
 from keys.framing import framed, unix_field
 from keys.keypair import Ed25519KeyPair, KeyUse, verify_ed25519
@@ -200,3 +210,47 @@ def decode_revocation(data: bytes) -> KeyRevocation:
         raise KeysError(
             f"not a key revocation statement: {exc}", KeysReason.MALFORMED_KEY
         ) from None
+
+
+def statement_hash(statement: KeyRevocation) -> str:
+    """SHA-256 (hex) of the statement's canonical encoding: its name in stores and audit logs."""
+    return hashlib.sha256(encode_revocation(statement)).hexdigest()
+
+
+def _revoked(key: DirectoryKey, statements: list[KeyRevocation]) -> DirectoryKey:
+    revoked = [s.revoked_at for s in statements]
+    known = [s.compromised_since for s in statements]
+    if key.revoked_at is not None:
+        revoked.append(key.revoked_at)
+        known.append(key.compromised_since)
+    elif key.compromised_since is not None:
+        known.append(key.compromised_since)
+    # ``None`` is an unknown compromise time: every signature of the key is void, the widest
+    # window there is, so it wins over any known time.
+    since = None if any(c is None for c in known) else min(c for c in known if c is not None)
+    return msgspec.structs.replace(key, revoked_at=min(revoked), compromised_since=since)
+
+
+def with_revocations(directory: Directory, statements: Iterable[KeyRevocation]) -> Directory:
+    """``directory`` with each statement's revocation laid over the key it names (module rules).
+
+    The statements must have been verified (``verify_revocation``) when they were recorded; one
+    naming a key or partner the directory does not list (a later version dropped it) is
+    ignored. Returns ``directory`` itself when no statement applies.
+    """
+    by_kid: dict[str, list[KeyRevocation]] = {}
+    for statement in statements:
+        by_kid.setdefault(statement.kid, []).append(statement)
+    changed = False
+    partners = []
+    for partner in directory.partners():
+        keys = []
+        for key in partner.keys:
+            mine = [s for s in by_kid.get(key.kid, []) if s.partner == partner.id]
+            keys.append(_revoked(key, mine) if mine else key)
+            changed = changed or bool(mine)
+        partners.append(msgspec.structs.replace(partner, keys=tuple(keys)))
+    if not changed:
+        return directory
+    contents = msgspec.structs.replace(directory.contents, partners=tuple(partners))
+    return Directory(contents, version=directory.version)

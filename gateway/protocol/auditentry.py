@@ -90,6 +90,11 @@ class AuditDecision(enum.StrEnum):
     REVOKED = "revoked"  # the issuing coordinator revoked an approach token
     RETENTION = "retention"  # a token's retention deadline passed: its entries were deleted
     RESTORE = "restore"  # the store was restored from a backup (so witnesses can place a fork)
+    # A partner's own key revocation statement was recorded: ``sender`` is the partner that
+    # carried it in, ``recipients`` the partner whose key it revokes, ``header_hash`` the
+    # statement's hash (``keys.revocation.statement_hash``; the statement is served at
+    # ``GET /v1/keys/revocations``).
+    KEY_REVOKED = "key_revoked"
 
 
 class AuditEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):

@@ -12,9 +12,11 @@ Rules kept here:
 * Refusals travel as ``application/problem+json`` built by ``problem()``: the standard members
   plus ``reason`` (the code) and ``transient``. ``detail`` is for a person and never carries
   plaintext, subject identities or key material.
-* Three scopes share the enum: the relay decision (HTTP refusals of an envelope, in the order
+* Four scopes share the enum: the relay decision (HTTP refusals of an envelope, in the order
   of DESIGN.md "The relay decision"), receipt handling (``POST /v1/receipts``, sender events),
-  and recipient rejections (carried inside a signed ``Rejection``; their ``RejectionReason``
+  a partner's own key revocation statement (``POST /v1/keys/revocations``; a signature that
+  does not verify is ``bad_revocation_signature``, as for a token revocation), and recipient
+  rejections (carried inside a signed ``Rejection``; their ``RejectionReason``
   values are a subset of ``Reason``).
 
 Decisions recorded here (see the meanings below):
@@ -94,6 +96,10 @@ class Reason(enum.StrEnum):
     TOKEN_CONFLICT = "token_conflict"
     BAD_REVOCATION_SIGNATURE = "bad_revocation_signature"
     REVOCATION_NOT_ISSUER = "revocation_not_issuer"
+    # -- A partner's own key revocation statement (``POST /v1/keys/revocations``). --------
+    KEY_REVOCATION_MALFORMED = "key_revocation_malformed"
+    KEY_REVOCATION_UNKNOWN_KEY = "key_revocation_unknown_key"
+    KEY_REVOCATION_SIGNER_INVALID = "key_revocation_signer_invalid"
     # -- Receipts, rejections and sender events. -----------------------------------------
     BAD_RECEIPT_SIGNATURE = "bad_receipt_signature"
     NOT_RECIPIENT = "not_recipient"
@@ -278,6 +284,16 @@ REASON_INFO: Final[Mapping[Reason, ReasonInfo]] = MappingProxyType(
             403, "The revocation statement's signature does not verify."
         ),
         R.REVOCATION_NOT_ISSUER: _final(403, "Only the token's issuing coordinator may revoke it."),
+        R.KEY_REVOCATION_MALFORMED: _final(
+            400, "The key revocation statement does not decode, or its times are impossible."
+        ),
+        R.KEY_REVOCATION_UNKNOWN_KEY: _final(
+            422, "The key revocation names a key or partner that the directory does not list."
+        ),
+        R.KEY_REVOCATION_SIGNER_INVALID: _final(
+            403,
+            "The key revocation is not signed by another usable sign key of the key's partner.",
+        ),
         R.BAD_RECEIPT_SIGNATURE: _final(
             403, "A receipt, rejection or sender event is not validly signed by its signer."
         ),

@@ -17,6 +17,12 @@ Rules kept here (DESIGN.md "Delivery" and "Storage"):
 * ``purge`` ends named deliveries that a new directory voids (a sender key revoked with its
   signatures void, a recipient that left), each with its audit record and a ``purge`` sender
   event; a delivery already ended meanwhile is skipped, never ended twice.
+* ``record_key_revocation`` stores a partner's own key revocation statement (named by its
+  hash) with its audit record in one transaction; the same statement again changes nothing and
+  returns the row first stored. Statements are never deleted: ``key_revocations`` returns every
+  one, for the relay's overlay on the directory (docs/adr/0011) and for partners to verify.
+* ``tokens_of`` and ``pending_under`` find what a revoked ``token`` key voids: the registered
+  tokens of its coordinator, and the undelivered deliveries of messages under the void ones.
 * Every time is an argument (house rule 5).
 """
 
@@ -164,6 +170,30 @@ class PendingDelivery:
     recipient: str
     accepted_at: int
     envelope: bytes
+    # The approach token the message was sent under.
+    token_id: str = ""
+
+
+@dataclass(frozen=True)
+class KeyRevocationRow:
+    """A partner's own key revocation statement as the gateway recorded it.
+
+    ``statement`` is its canonical encoding (``keys.revocation.encode_revocation``) and
+    ``statement_hash`` the SHA-256 of those bytes; the other fields repeat what the statement
+    says, for queries. ``carried_by`` is the partner whose TLS connection brought it (any
+    partner may carry one), ``audit_index`` the leaf of its ``key_revoked`` audit entry.
+    """
+
+    statement_hash: str
+    partner: str
+    kid: str
+    signing_kid: str
+    revoked_at: int
+    compromised_since: int | None
+    statement: bytes
+    recorded_at: int
+    carried_by: str
+    audit_index: int = -1
 
 
 @dataclass(frozen=True)
@@ -278,6 +308,27 @@ class Store(Protocol):
     ) -> list[Purged]:
         """End each of ``deliveries`` still undelivered as ``purged``, with its audit record
         (``audit_for``) and a ``purge`` sender event, in one transaction; return those ended."""
+        ...
+
+    async def record_key_revocation(
+        self, row: KeyRevocationRow, audit: AuditRecord
+    ) -> tuple[KeyRevocationRow, bool]:
+        """Store ``row`` (its ``audit_index`` is set here) with its audit record, unless a
+        statement with its hash is stored already: then nothing is written. Returns the stored
+        row and whether it was stored now."""
+        ...
+
+    async def key_revocations(self) -> list[KeyRevocationRow]:
+        """Every recorded key revocation statement, in the order they were recorded."""
+        ...
+
+    async def tokens_of(self, coordinators: Sequence[str]) -> list[TokenRow]:
+        """Every registered (not retained) token issued by one of ``coordinators``."""
+        ...
+
+    async def pending_under(self, token_ids: Sequence[str]) -> list[PendingDelivery]:
+        """Every undelivered (pending or leased) delivery of a message under one of
+        ``token_ids`` (read only)."""
         ...
 
     async def apply_retention(self, now: int, audit_for: RetentionAudit) -> list[Retained]:

@@ -187,6 +187,41 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO audit_head (id, size) VALUES (1, 0);
         """,
     ),
+    # Expand only: a new table, which replicas of version 1 never read (docs/adr/0011).
+    Migration(
+        2,
+        "key revocation statements",
+        """
+        CREATE TABLE key_revocations (
+            statement_hash    TEXT PRIMARY KEY,
+            partner           TEXT NOT NULL,
+            kid               TEXT NOT NULL,
+            signing_kid       TEXT NOT NULL,
+            revoked_at        INTEGER NOT NULL,
+            compromised_since INTEGER,
+            statement         BLOB NOT NULL,
+            recorded_at       INTEGER NOT NULL,
+            carried_by        TEXT NOT NULL,
+            audit_index       INTEGER NOT NULL
+        );
+        CREATE INDEX key_revocations_kid ON key_revocations (kid);
+        """,
+        """
+        CREATE TABLE key_revocations (
+            statement_hash    TEXT PRIMARY KEY,
+            partner           TEXT NOT NULL,
+            kid               TEXT NOT NULL,
+            signing_kid       TEXT NOT NULL,
+            revoked_at        BIGINT NOT NULL,
+            compromised_since BIGINT,
+            statement         BYTEA NOT NULL,
+            recorded_at       BIGINT NOT NULL,
+            carried_by        TEXT NOT NULL,
+            audit_index       BIGINT NOT NULL
+        );
+        CREATE INDEX key_revocations_kid ON key_revocations (kid);
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

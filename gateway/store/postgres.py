@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -77,6 +78,7 @@ from gateway.store.base import (
     Delivery,
     DeliveryState,
     EventKind,
+    KeyRevocationRow,
     MessageStatus,
     PendingDelivery,
     Purged,
@@ -165,6 +167,37 @@ _RETENTION_DUE_SQL: Final = (
     " WHERE a.token_id = t.token_id AND a.entry IS NOT NULL))"
     " ORDER BY t.token_id LIMIT $2 FOR UPDATE OF t"
 )
+
+
+_PENDING_SQL: Final = (
+    "SELECT d.message_id, m.sender, d.recipient, m.accepted_at, m.envelope, m.token_id"
+    " FROM deliveries d JOIN messages m ON m.message_id = d.message_id"
+    " WHERE d.state = 'pending'"
+)
+
+_KEY_REVOCATIONS_SQL: Final = (
+    "SELECT statement_hash, partner, kid, signing_kid, revoked_at, compromised_since,"
+    " statement, recorded_at, carried_by, audit_index FROM key_revocations"
+)
+
+
+def _pending(r: asyncpg.Record) -> PendingDelivery:
+    return PendingDelivery(r[0], r[1], r[2], int(r[3]), bytes(r[4] or b""), str(r[5]))
+
+
+def _key_revocation(r: asyncpg.Record) -> KeyRevocationRow:
+    return KeyRevocationRow(
+        statement_hash=r[0],
+        partner=r[1],
+        kid=r[2],
+        signing_kid=r[3],
+        revoked_at=int(r[4]),
+        compromised_since=None if r[5] is None else int(r[5]),
+        statement=bytes(r[6]),
+        recorded_at=int(r[7]),
+        carried_by=r[8],
+        audit_index=int(r[9]),
+    )
 
 
 def _count(status: str) -> int:
@@ -1150,15 +1183,78 @@ class PostgresStore:
             return []
         rows = await self._direct(
             lambda conn: conn.fetch(
-                "SELECT d.message_id, m.sender, d.recipient, m.accepted_at, m.envelope"
-                " FROM deliveries d JOIN messages m ON m.message_id = d.message_id"
-                " WHERE d.state = 'pending'"
-                " AND (m.sender = ANY($1::text[]) OR d.recipient = ANY($1::text[]))"
+                _PENDING_SQL + " AND (m.sender = ANY($1::text[]) OR d.recipient = ANY($1::text[]))"
                 " ORDER BY d.seq, d.recipient",
                 names,
             )
         )
-        return [PendingDelivery(r[0], r[1], r[2], int(r[3]), bytes(r[4] or b"")) for r in rows]
+        return [_pending(r) for r in rows]
+
+    async def pending_under(self, token_ids: Sequence[str]) -> list[PendingDelivery]:
+        ids = list(dict.fromkeys(token_ids))
+        if not ids:
+            return []
+        rows = await self._direct(
+            lambda conn: conn.fetch(
+                _PENDING_SQL + " AND m.token_id = ANY($1::text[]) ORDER BY d.seq, d.recipient",
+                ids,
+            )
+        )
+        return [_pending(r) for r in rows]
+
+    async def tokens_of(self, coordinators: Sequence[str]) -> list[TokenRow]:
+        names = list(dict.fromkeys(coordinators))
+        if not names:
+            return []
+        rows = await self._direct(
+            lambda conn: conn.fetch(
+                "SELECT token_id, coordinator, token_hash, signed, valid_until, retention_until,"
+                " registered_at, supersedes, superseded_by, revoked_at FROM tokens"
+                " WHERE coordinator = ANY($1::text[]) ORDER BY token_id",
+                names,
+            )
+        )
+        return [t for t in (_token_row(r) for r in rows) if t is not None]
+
+    async def record_key_revocation(
+        self, row: KeyRevocationRow, audit: AuditRecord
+    ) -> tuple[KeyRevocationRow, bool]:
+        async def work(batch: _Batch) -> tuple[KeyRevocationRow, bool]:
+            # The batch holds the ``audit_head`` lock, so replicas recording the same statement
+            # at once run one after the other: the second finds the first one's row.
+            found = await batch.conn.fetchrow(
+                _KEY_REVOCATIONS_SQL + " WHERE statement_hash = $1", row.statement_hash
+            )
+            if found is not None:
+                return _key_revocation(found), False
+            stored = dataclasses.replace(
+                row, audit_index=batch.append(audit, self._leaf_hash(audit))
+            )
+            await batch.conn.execute(
+                "INSERT INTO key_revocations (statement_hash, partner, kid, signing_kid,"
+                " revoked_at, compromised_since, statement, recorded_at, carried_by,"
+                " audit_index) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                stored.statement_hash,
+                stored.partner,
+                stored.kid,
+                stored.signing_kid,
+                stored.revoked_at,
+                stored.compromised_since,
+                stored.statement,
+                stored.recorded_at,
+                stored.carried_by,
+                stored.audit_index,
+            )
+            return stored, True
+
+        result: tuple[KeyRevocationRow, bool] = await self._submit(_Kind.AUDIT, work)
+        return result
+
+    async def key_revocations(self) -> list[KeyRevocationRow]:
+        rows = await self._direct(
+            lambda conn: conn.fetch(_KEY_REVOCATIONS_SQL + " ORDER BY audit_index, statement_hash")
+        )
+        return [_key_revocation(r) for r in rows]
 
     async def purge(
         self, deliveries: Sequence[Purged], now: int, audit_for: Callable[[Purged], AuditRecord]

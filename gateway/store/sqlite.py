@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import queue
 import sqlite3
 import threading
@@ -47,6 +48,7 @@ from gateway.store.base import (
     Delivery,
     DeliveryState,
     EventKind,
+    KeyRevocationRow,
     MessageStatus,
     PendingDelivery,
     Purged,
@@ -792,20 +794,94 @@ class SqliteStore:
             seen: dict[tuple[str, str], PendingDelivery] = {}
             for name in names:
                 rows = batch.conn.execute(
-                    "SELECT d.message_id, m.sender, d.recipient, m.accepted_at, m.envelope"
-                    " FROM deliveries d JOIN messages m ON m.message_id = d.message_id"
-                    " WHERE d.state = 'pending' AND (m.sender = ? OR d.recipient = ?)"
+                    _PENDING_SQL + " AND (m.sender = ? OR d.recipient = ?)"
                     " ORDER BY d.seq, d.recipient",
                     (name, name),
                 ).fetchall()
                 for r in rows:
-                    seen.setdefault(
-                        (r[0], r[2]),
-                        PendingDelivery(r[0], r[1], r[2], int(r[3]), bytes(r[4] or b"")),
-                    )
+                    seen.setdefault((r[0], r[2]), _pending(r))
             return list(seen.values())
 
         result: list[PendingDelivery] = await self._submit(work)
+        return result
+
+    async def pending_under(self, token_ids: Sequence[str]) -> list[PendingDelivery]:
+        ids = list(dict.fromkeys(token_ids))
+
+        def work(batch: _Batch) -> list[PendingDelivery]:
+            out: list[PendingDelivery] = []
+            for token_id in ids:
+                rows = batch.conn.execute(
+                    _PENDING_SQL + " AND m.token_id = ? ORDER BY d.seq, d.recipient",
+                    (token_id,),
+                ).fetchall()
+                out.extend(_pending(r) for r in rows)
+            return out
+
+        result: list[PendingDelivery] = await self._submit(work)
+        return result
+
+    async def tokens_of(self, coordinators: Sequence[str]) -> list[TokenRow]:
+        names = list(dict.fromkeys(coordinators))
+
+        def work(batch: _Batch) -> list[TokenRow]:
+            out: list[TokenRow] = []
+            for name in names:
+                ids = batch.conn.execute(
+                    "SELECT token_id FROM tokens WHERE coordinator = ? ORDER BY token_id", (name,)
+                ).fetchall()
+                for (token_id,) in ids:
+                    row = _token_row(batch.conn, token_id)
+                    if row is not None:  # a tombstone is no longer a registered token
+                        out.append(row)
+            return out
+
+        result: list[TokenRow] = await self._submit(work)
+        return result
+
+    async def record_key_revocation(
+        self, row: KeyRevocationRow, audit: AuditRecord
+    ) -> tuple[KeyRevocationRow, bool]:
+        leaf = self._leaf_hash(audit)
+
+        def work(batch: _Batch) -> tuple[KeyRevocationRow, bool]:
+            found = batch.conn.execute(
+                _KEY_REVOCATIONS_SQL + " WHERE statement_hash = ?", (row.statement_hash,)
+            ).fetchone()
+            if found is not None:
+                return _key_revocation(found), False
+            index = batch.append(audit, leaf)
+            stored = dataclasses.replace(row, audit_index=index)
+            batch.conn.execute(
+                "INSERT INTO key_revocations (statement_hash, partner, kid, signing_kid,"
+                " revoked_at, compromised_since, statement, recorded_at, carried_by,"
+                " audit_index) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    stored.statement_hash,
+                    stored.partner,
+                    stored.kid,
+                    stored.signing_kid,
+                    stored.revoked_at,
+                    stored.compromised_since,
+                    stored.statement,
+                    stored.recorded_at,
+                    stored.carried_by,
+                    stored.audit_index,
+                ),
+            )
+            return stored, True
+
+        result: tuple[KeyRevocationRow, bool] = await self._submit(work)
+        return result
+
+    async def key_revocations(self) -> list[KeyRevocationRow]:
+        def work(batch: _Batch) -> list[KeyRevocationRow]:
+            rows = batch.conn.execute(
+                _KEY_REVOCATIONS_SQL + " ORDER BY audit_index, statement_hash"
+            ).fetchall()
+            return [_key_revocation(r) for r in rows]
+
+        result: list[KeyRevocationRow] = await self._submit(work)
         return result
 
     async def purge(
@@ -974,6 +1050,37 @@ _RETENTION_DUE_SQL: Final = (
     " WHERE a.token_id = t.token_id AND a.entry IS NOT NULL))"
     " ORDER BY t.retention_until, t.token_id LIMIT ?"
 )
+
+
+_PENDING_SQL: Final = (
+    "SELECT d.message_id, m.sender, d.recipient, m.accepted_at, m.envelope, m.token_id"
+    " FROM deliveries d JOIN messages m ON m.message_id = d.message_id"
+    " WHERE d.state = 'pending'"
+)
+
+_KEY_REVOCATIONS_SQL: Final = (
+    "SELECT statement_hash, partner, kid, signing_kid, revoked_at, compromised_since,"
+    " statement, recorded_at, carried_by, audit_index FROM key_revocations"
+)
+
+
+def _pending(r: Sequence[Any]) -> PendingDelivery:
+    return PendingDelivery(r[0], r[1], r[2], int(r[3]), bytes(r[4] or b""), str(r[5]))
+
+
+def _key_revocation(r: Sequence[Any]) -> KeyRevocationRow:
+    return KeyRevocationRow(
+        statement_hash=r[0],
+        partner=r[1],
+        kid=r[2],
+        signing_kid=r[3],
+        revoked_at=int(r[4]),
+        compromised_since=None if r[5] is None else int(r[5]),
+        statement=bytes(r[6]),
+        recorded_at=int(r[7]),
+        carried_by=r[8],
+        audit_index=int(r[9]),
+    )
 
 
 def _token_row(conn: sqlite3.Connection, token_id: str) -> TokenRow | None:

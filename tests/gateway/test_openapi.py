@@ -38,6 +38,7 @@ from gateway.protocol.reasons import Reason, reasons_markdown
 from gateway.protocol.token import revoke
 from gateway.signer import encode_signed_object
 from keys.ca import PartnerSubject
+from keys.revocation import encode_revocation, sign_revocation
 from keys.signed_directory import encode_bundle, read_bundle
 from tests.gateway.conftest import Gw
 from tests.gateway.test_api_roundtrip import _receipt_for
@@ -308,6 +309,29 @@ async def test_real_answers_match_their_schemas(gateway: Gw, spec: dict[str, Any
         body=revocation,
         content_type=REVOCATION_CONTENT_TYPE,
     )
+
+    # A partner's own key revocation (recorded, recorded again, refused), and the list.
+    keys = "/v1/keys/revocations"
+    statement = encode_revocation(
+        sign_revocation(
+            partner="halt",
+            kid=gw.deployment.encrypt_key("halt").kid,
+            revoked_at=gw.clock.now(),
+            compromised_since=None,
+            signing_key=gw.deployment.sign_key("halt"),
+        )
+    )
+    for expected in (201, 200):
+        recorded = await call(
+            "om", "POST", keys, keys, body=statement, content_type="application/json"
+        )
+        assert recorded.status == expected
+    refused_statement = await call(
+        "om", "POST", keys, keys, body=b"{}", content_type="application/json"
+    )
+    assert refused_statement.document["reason"] == "key_revocation_malformed"
+    listed = await call("cjg", "GET", keys, keys)
+    assert listed.document["revocations"] == [recorded.document]
 
     async with aiohttp.ClientSession() as session:
         for path in ("/healthz", "/readyz", "/metrics"):

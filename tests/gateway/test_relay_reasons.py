@@ -653,8 +653,21 @@ TESTED_ELSEWHERE: Final[Mapping[Reason, Callable[..., Awaitable[None]]]] = {
 }
 
 
+def self_revocation_tests() -> Mapping[Reason, Callable[..., Awaitable[None]]]:
+    """The named tests of ``POST /v1/keys/revocations`` refusals (imported here, not at the
+    top: that module builds on this one)."""
+    from tests.gateway import test_self_revocation as statements
+
+    return {
+        Reason.KEY_REVOCATION_MALFORMED: statements.test_key_revocation_malformed,
+        Reason.KEY_REVOCATION_UNKNOWN_KEY: statements.test_key_revocation_unknown_key,
+        Reason.KEY_REVOCATION_SIGNER_INVALID: statements.test_key_revocation_signer_invalid,
+    }
+
+
 def test_every_reason_is_tested_or_excluded() -> None:
     tested = {c.reason for c in CASES} | {c.reason for c in decision.CASES} | set(TESTED_ELSEWHERE)
+    tested |= set(self_revocation_tests())
     assert not tested & set(EXCLUDED), "a tested reason is listed as excluded"
     missing = set(Reason) - tested - set(EXCLUDED)
     assert not missing, f"reasons without a named test or a documented exclusion: {missing}"

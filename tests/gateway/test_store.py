@@ -9,6 +9,7 @@ Cross-replica concurrency on PostgreSQL is in ``test_store_postgres.py``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -31,11 +32,13 @@ from gateway.store.base import (
     AuditRecord,
     DeliveryState,
     EventKind,
+    KeyRevocationRow,
+    Purged,
     Submission,
     TokenRow,
 )
 from gateway.store.errors import DuplicateMessageError, StoreVersionError
-from gateway.store.migrations import LATEST_VERSION
+from gateway.store.migrations import LATEST_VERSION, MIGRATIONS
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from tests.gateway._pg import PgSchema, pg_schema
@@ -211,8 +214,10 @@ async def test_refuses_to_open_unmigrated_store(backend: Backend) -> None:
 
 
 async def test_migrate_dry_run_then_apply_then_nothing(backend: Backend) -> None:
-    assert await backend.migrate(dry_run=True) == ["0001 initial relay schema"]
-    assert await backend.migrate() == ["0001 initial relay schema"]
+    pending = [f"{m.version:04d} {m.name}" for m in MIGRATIONS]
+    assert pending[:2] == ["0001 initial relay schema", "0002 key revocation statements"]
+    assert await backend.migrate(dry_run=True) == pending
+    assert await backend.migrate() == pending
     assert await backend.migrate() == []
 
 
@@ -504,3 +509,131 @@ async def test_record_audit_and_consistency_between_checkpoints(store: AnyStore)
     assert [leaf for _, leaf, _, _ in leaves][:3] == [
         audit_leaf(record(f"refusal {n}", None)) for n in range(3)
     ]
+
+
+# -- what a revoked key voids: pending_involving, purge, tokens_of, pending_under ------------
+# (issue 6: the relay's purges of a revoked sign or token key; docs/adr/0011)
+
+
+def under(n: int, token_id: str, recipients: tuple[str, ...] = ("halt",)) -> Submission:
+    return dataclasses.replace(submission(n, recipients), token_id=token_id)
+
+
+async def test_pending_involving_finds_undelivered_by_sender_or_recipient(store: AnyStore) -> None:
+    await store.accept(submission(1, ("halt",)), allow)
+    await store.accept(submission(2, ("cjg", "halt")), allow)
+    await store.accept(dataclasses.replace(submission(3, ("om",)), sender="halt"), allow)
+    # Leased is still undelivered; a delivered one is not.
+    assert len(await store.claim("cjg", 10, NOW, 60)) == 1
+    await store.finish(f"{1:064x}", "halt", DeliveryState.DELIVERED, b"s", NOW, record("d"))
+    found = await store.pending_involving(["halt"])
+    assert sorted((p.message_id[-1], p.sender, p.recipient) for p in found) == [
+        ("2", "politie-ijmond", "halt"),
+        ("3", "halt", "om"),
+    ]
+    assert {p.token_id for p in found} == {"t1"}
+    assert {p.accepted_at for p in found} == {NOW}
+    assert all(p.envelope for p in found)
+    by_police = await store.pending_involving(["politie-ijmond", "politie-ijmond"])
+    assert sorted((p.message_id[-1], p.recipient) for p in by_police) == [
+        ("2", "cjg"),
+        ("2", "halt"),
+    ]
+    assert await store.pending_involving([]) == []
+
+
+async def test_purge_ends_each_delivery_once_with_audit_and_event(store: AnyStore) -> None:
+    await store.accept(submission(1, ("cjg", "halt")), allow)
+    await store.accept(submission(2), allow)
+    await store.finish(f"{2:064x}", "halt", DeliveryState.DELIVERED, b"s", NOW, record("d"))
+    size = (await store.audit_head()).size
+    wanted = [
+        Purged(f"{1:064x}", "politie-ijmond", "halt"),
+        Purged(f"{1:064x}", "politie-ijmond", "cjg"),
+        Purged(f"{2:064x}", "politie-ijmond", "halt"),  # delivered meanwhile: skipped
+    ]
+    purged = await store.purge(wanted, NOW + 1, lambda p: record(f"purged {p.recipient}", None))
+    assert sorted(p.recipient for p in purged) == ["cjg", "halt"]
+    assert (await store.audit_head()).size == size + 2
+    assert await store.purge(wanted, NOW + 2, lambda p: record("again", None)) == []
+    assert (await store.audit_head()).size == size + 2
+    assert await store.pending_involving(["politie-ijmond"]) == []
+    status = await store.message_status(f"{1:064x}")
+    assert status is not None
+    assert {r.state for r in status.recipients} == {DeliveryState.PURGED}
+    kinds = [e.kind for e in await store.events("politie-ijmond", 10, NOW + 3, 60)]
+    assert sorted(kinds) == [EventKind.PURGE, EventKind.PURGE, EventKind.RECEIPT]
+    assert await store.claim("halt", 10, NOW + 3, 60) == []
+
+
+async def test_tokens_of_and_pending_under(store: AnyStore) -> None:
+    await store.register_token(token_row("t1"), record("registered t1"))
+    other = TokenRow("t2", "gemeente-beverwijk", "bb" * 32, b"s2", NOW + 9, NOW + 99, NOW)
+    await store.register_token(other, record("registered t2"))
+    assert [t.token_id for t in await store.tokens_of(["gemeente-velsen"])] == ["t1"]
+    assert [
+        t.token_id for t in await store.tokens_of(["gemeente-velsen", "gemeente-beverwijk"])
+    ] == [
+        "t1",
+        "t2",
+    ]
+    assert await store.tokens_of([]) == []
+    await store.accept(under(1, "t1"), allow)
+    await store.accept(under(2, "t2", ("cjg", "halt")), allow)
+    await store.accept(under(3, "t2"), allow)
+    await store.finish(f"{3:064x}", "halt", DeliveryState.DELIVERED, b"s", NOW, record("d"))
+    found = await store.pending_under(["t2"])
+    assert sorted((p.message_id[-1], p.recipient, p.token_id) for p in found) == [
+        ("2", "cjg", "t2"),
+        ("2", "halt", "t2"),
+    ]
+    assert await store.pending_under([]) == []
+
+
+def key_revocation(n: int, kid: str = "ab" * 32) -> KeyRevocationRow:
+    return KeyRevocationRow(
+        statement_hash=f"{n:064x}",
+        partner="halt",
+        kid=kid,
+        signing_kid="cd" * 32,
+        revoked_at=NOW,
+        compromised_since=None if n % 2 else NOW - 60,
+        statement=b'{"statement": %d}' % n,
+        recorded_at=NOW + n,
+        carried_by="om",
+    )
+
+
+async def test_a_key_revocation_is_recorded_once_and_kept(backend: Backend) -> None:
+    await backend.migrate()
+    s = backend.new_store()
+    await s.open()
+    try:
+        stored, first = await s.record_key_revocation(key_revocation(1), record("revoked", None))
+        assert first
+        assert stored == dataclasses.replace(key_revocation(1), audit_index=0)
+        # The same statement again (another carrier, another time) writes nothing.
+        again, first = await s.record_key_revocation(
+            dataclasses.replace(key_revocation(1), carried_by="cjg", recorded_at=NOW + 50),
+            record("revoked again", None),
+        )
+        assert (again, first) == (stored, False)
+        assert (await s.audit_head()).size == 1
+        both = await asyncio.gather(
+            s.record_key_revocation(key_revocation(2), record("two", None)),
+            s.record_key_revocation(key_revocation(2), record("two twice", None)),
+        )
+        assert sorted(f for _, f in both) == [False, True]
+        assert (await s.audit_head()).size == 2
+    finally:
+        await s.close()
+    reopened = backend.new_store()
+    await reopened.open()
+    try:
+        rows = await reopened.key_revocations()
+        assert [r.statement_hash for r in rows] == [f"{1:064x}", f"{2:064x}"]
+        assert rows[0] == stored
+        assert rows[1].compromised_since == NOW - 60
+        assert rows[1].audit_index == 1
+    finally:
+        await reopened.close()
