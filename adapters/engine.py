@@ -29,7 +29,7 @@ Rules kept here:
   refresh (``reload_tls``) the adapter presents the newest pair of ``[tls] cert``/``key`` and
   the rotated ``tls-N.crt``/``tls-N.key`` beside them that the directory lists as a usable
   ``tls`` key of ours and that chains to our trust anchors, is valid and names our OIN
-  (``adapters.tlskeys``); when none does, the one presented stays. The switch is
+  (``keys.tlspairs``); when none does, the one presented stays. The switch is
   ``GatewayClient.use_ssl_context``: requests in flight finish on their connections, new ones
   use the new certificate, and the gateway pin is checked on them as on every connection. The
   gateway accepts both certificates while both keys are listed (the predecessor until its
@@ -127,7 +127,6 @@ from adapters.metrics import AdapterMetrics
 from adapters.outbox import AdapterStore, NewOutbound, OutboxRow, RetainedCounts, TokenRow
 from adapters.processing_log import ProcessingLog
 from adapters.retention import apply_retention
-from adapters.tlskeys import SkipKind, TlsPair, choose_tls_pair, describe_pair
 from adapters.witness import (
     CheckpointInvalidError,
     PeerView,
@@ -203,6 +202,7 @@ from keys import (
 from keys.deployment import read_outbox_key
 from keys.keyfile import PassphraseSource, load_ed25519_key, load_encrypt_key, resolve_passphrase
 from keys.tlsidentity import TlsFiles, check_gateway_certificate, client_context
+from keys.tlspairs import SkipKind, TlsPair, choose_tls_pair, describe_pair
 
 logger = logging.getLogger("adapters.engine")
 
@@ -1452,7 +1452,7 @@ class Adapter:
 
     def _choose_tls(self, now: int) -> TlsPair | None:
         """The newest own TLS pair that qualifies at ``now`` by the last good directory
-        (``adapters.tlskeys``); ``None`` when none does or no fresh directory is held. Pairs
+        (``keys.tlspairs``); ``None`` when none does or no fresh directory is held. Pairs
         skipped for a reason an operator must fix are logged as warnings."""
         try:
             directory = self.directory.current(now)

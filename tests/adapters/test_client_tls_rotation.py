@@ -1,6 +1,6 @@
 """The adapter's own TLS certificate after a ``tls`` key rotation (issue 6).
 
-* Which pair is presented (``adapters.tlskeys.choose_tls_pair``), as a table of named cases:
+* Which pair is presented (``keys.tlspairs.choose_tls_pair``), as a table of named cases:
   real key files and real certificates from the development CA (``keys.ca``), a real verified
   directory changed with ``keys.rotation``.
 * The switch itself (``GatewayClient.use_ssl_context``): a request in flight on a real mTLS
@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives import serialization
 from adapters.client import GatewayClient, GatewayIdentityError
 from adapters.config import load_partner_dir
 from adapters.engine import Adapter, EngineSettings
-from adapters.tlskeys import SkipKind, choose_tls_pair, tls_family
 from keys import CertificateError, Directory, DirectoryContents, DirectoryKey, KeyUse, TlsKeyPair
 from keys.ca import (
     CovenantCa,
@@ -46,6 +45,7 @@ from keys.keyfile import write_tls_key
 from keys.keypair import Algorithm, spki_kid
 from keys.rotation import apply_key_change, apply_revocation
 from keys.tlsidentity import TlsFiles, check_gateway_certificate, client_context, server_context
+from keys.tlspairs import SkipKind, choose_tls_pair, tls_family
 from tests.adapters.fake_system import FakeCaseSystem
 from tests.gateway.conftest import Deployment, Gw
 from tests.test_key_rotation_live import (  # noqa: F401 - fixtures used by these tests

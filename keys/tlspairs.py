@@ -1,4 +1,7 @@
-"""The adapter's own TLS client certificate: which of its pairs to present, by the directory.
+"""A partner's own TLS client certificate: which of its pairs to present, by the directory.
+
+Used by the adapter engine (switching live) and by every command-line verb that calls the
+gateway with a partner's certificate; in ``keys`` so that ``keys/cli.py`` can use it too.
 
 ``ketenpost keys rotate --use tls`` writes ``keys/tls-2.key`` and ``keys/tls-2.csr`` beside the
 configured pair, and the CA's ``keys certify`` writes ``keys/tls-2.crt``. The adapter picks the
