@@ -29,6 +29,16 @@ Rules kept here (issue 3, item 8):
   (``?search_path=`` in the store URL) and dropped after it. An unreachable server skips both
   with the reason in the JSON (``{"skipped": ...}``); the SQLite figures stand alone then.
 
+* The cost floor (issue 3): in the same run, the per-message CPU of only the work no correct
+  implementation of this protocol can avoid, each part measured on this machine: HTTP over
+  mTLS (the ceiling server's and its clients' CPU per request, times the requests per message
+  the relay run made), the Ed25519 signatures and verifications the protocol requires per
+  message (PyNaCl, the faster library here), and a minimal durable SQLite workload (WAL,
+  ``synchronous=FULL``, group commits of the size the relay run reached). Everything else the
+  gateway spends is overhead of this implementation. ``floor.floor_max_msgs_per_s_on_this_machine``
+  is what the machine's cores could relay if the gateway and the load generator did nothing
+  else; the floor is a lower bound, not a forecast.
+
 ``GatewayProcess`` and ``Covenant`` are reused by the crash-safety test.
 """
 
@@ -61,6 +71,7 @@ from typing import Any, Final
 
 import aiohttp
 import msgspec
+import nacl.signing
 from aiohttp import web
 
 from gateway.protocol.envelope import (
@@ -141,6 +152,10 @@ class BenchSettings:
     profile: Path | None = None
     # PostgreSQL server for the postgres_1 / postgres_2 runs; None: SQLite only.
     postgres: str | None = None
+    # Messages through the cost floor's SQLite workload, and Ed25519 operations timed per
+    # round (three rounds; the median counts).
+    floor_messages: int = 5_000
+    floor_ed25519_ops: int = 2_000
 
 
 QUICK: Final = BenchSettings(messages=3_000, ceiling_requests=3_000, crypto_samples=300, quick=True)
@@ -327,6 +342,23 @@ class GatewayProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         # After the ")" of the command name: state is field 0, utime 11 and stime 12.
         return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def process_cpu_ns(pid: int) -> int | None:
+    """CPU time of every thread of process ``pid`` in nanoseconds (Linux
+    ``/proc/PID/task/*/schedstat``, first field); ``None`` where that is not available.
+
+    Finer than ``/proc/PID/stat``'s clock ticks (10 ms), which matters for the ceiling phase of
+    a quick run (a few tenths of a second). A thread's figure is brought up to date whenever it
+    is switched out, so read it while the process is idle."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        for task in tasks:
+            total += int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
 
 
 # -- the covenant, from a deployment folder -----------------------------------------------
@@ -570,10 +602,22 @@ def _session(ssl_context: ssl.SSLContext, connections: int) -> aiohttp.ClientSes
     )
 
 
+@dataclass(frozen=True)
+class CeilingFigures:
+    """The bare handler's throughput and the CPU both sides spent on the measured requests
+    (``server_cpu_s`` is ``None`` where ``/proc`` does not tell)."""
+
+    req_per_s: float
+    requests: int
+    server_cpu_s: float | None
+    client_cpu_s: float
+
+
 async def measure_ceiling(
     covenant: Covenant, settings: BenchSettings, envelopes: list[bytes]
-) -> float:
-    """Requests per second of ``settings.senders`` concurrent POSTs to the bare handler."""
+) -> CeilingFigures:
+    """Requests per second of ``settings.senders`` concurrent POSTs to the bare handler, and
+    the CPU per request of the server (from ``/proc``) and of this process (the clients)."""
     port = free_port()
     process = start_ceiling(covenant.root, port)
     try:
@@ -596,10 +640,20 @@ async def measure_ceiling(
             # Warm up every connection (TLS handshakes are not what this measures).
             await asyncio.gather(*(post(i) for i in range(settings.senders)))
             per = max(1, settings.ceiling_requests // settings.senders)
+            server_before = process_cpu_ns(process.pid)
+            client_before = _own_cpu_seconds()
             started = time.perf_counter()
             await asyncio.gather(*(worker(w * per, per) for w in range(settings.senders)))
             elapsed = time.perf_counter() - started
-        return per * settings.senders / elapsed
+            client_cpu = _own_cpu_seconds() - client_before
+            server_after = process_cpu_ns(process.pid)
+        requests = per * settings.senders
+        server_cpu = (
+            (server_after - server_before) / 1e9
+            if server_before is not None and server_after is not None
+            else None
+        )
+        return CeilingFigures(requests / elapsed, requests, server_cpu, client_cpu)
     finally:
         process.terminate()
         try:
@@ -624,6 +678,15 @@ class RelayRun:
     events_acked: int = 0
     receipt_posts: int = 0
     polls: int = 0
+    event_polls: int = 0
+    event_posts: int = 0
+    # HTTP requests made during the measured phase (submissions, polls, receipt posts, event
+    # polls and acknowledgements): the cost floor's requests per message.
+    measured_requests: int = 0
+
+    def requests(self) -> int:
+        """Requests made so far other than submissions."""
+        return self.polls + self.receipt_posts + self.event_polls + self.event_posts
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -733,6 +796,7 @@ class RelayLoad:
                 if response.status != 200:
                     raise BenchError(f"inbox answered {response.status}")
                 doc = await response.json()
+            self.run.event_polls += 1
             ids = [e["event_id"] for e in doc["events"]]
             if not ids:
                 continue
@@ -740,6 +804,7 @@ class RelayLoad:
                 if response.status != 200:
                     raise BenchError(f"event acks answered {response.status}")
                 self.run.events_acked += int((await response.json())["acked"])
+            self.run.event_posts += 1
 
     async def phase(self, sender: aiohttp.ClientSession, items: Sequence[Sealed]) -> float:
         """Submit ``items`` over ``settings.senders`` tasks; wait until all are receipted.
@@ -824,8 +889,12 @@ async def measure_relay(
             cpu_before = sum(g.cpu_seconds() for g in gateways)
             own_before = _own_cpu_seconds()
             busy_before, total_before = machine_cpu_seconds()
+            requests_before = load.run.requests()
             elapsed = await load.phase(sender, sealed[warmup:])
             busy_after, total_after = machine_cpu_seconds()
+            load.run.measured_requests = (
+                len(sealed) - warmup + load.run.requests() - requests_before
+            )
             cpu = CpuShares(
                 gateway_s=sum(g.cpu_seconds() for g in gateways) - cpu_before,
                 loadgen_s=_own_cpu_seconds() - own_before,
@@ -844,6 +913,241 @@ async def measure_relay(
     run = load.run
     run.accepted_at = {s.message_id: run.accepted_at[s.message_id] for s in measured}
     return run, elapsed, len(measured), cpu
+
+
+# -- the cost floor ------------------------------------------------------------------------
+
+# Ed25519 operations per relayed message that the protocol requires of the gateway: it
+# verifies the sender's outer signature and the recipient's delivery receipt, and signs the
+# acceptance receipt and the sender event (the receipt sent back to the sender); each commit
+# that appends audit leaves also signs one checkpoint (counted from the run). The token's
+# signature is checked once per token (DESIGN.md allows caching it), so not per message. The
+# load generator signs one delivery receipt per message; sealing was done beforehand.
+GATEWAY_VERIFIES_PER_MSG: Final = 2
+GATEWAY_SIGNS_PER_MSG: Final = 2
+LOADGEN_SIGNS_PER_MSG: Final = 1
+# What the gateway signs: a label and a payload of a few hundred bytes (receipts, events).
+FLOOR_SIGNED_BYTES: Final = 512
+# Audit leaves per message in this protocol: the acceptance and the delivery outcome.
+AUDIT_LEAVES_PER_MSG: Final = 2
+# Sizes of what the floor's SQLite workload stores besides the envelope, in bytes: an
+# acceptance receipt (inclusion proof and checkpoint), an audit entry, its salt, and a signed
+# sender event carrying the delivery receipt.
+FLOOR_RECEIPT_BYTES: Final = 1_200
+FLOOR_ENTRY_BYTES: Final = 300
+FLOOR_SALT_BYTES: Final = 16
+FLOOR_EVENT_BYTES: Final = 700
+_FLOOR_ROUNDS: Final = 3
+
+_FLOOR_SCHEMA: Final = """
+CREATE TABLE messages (
+    message_id TEXT PRIMARY KEY, sender TEXT NOT NULL, header_hash TEXT NOT NULL,
+    token_id TEXT NOT NULL, accepted_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    audit_index INTEGER NOT NULL, receipt BLOB NOT NULL, envelope BLOB
+);
+CREATE TABLE deliveries (
+    message_id TEXT NOT NULL, recipient TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (message_id, recipient)
+);
+CREATE TABLE audit_leaves (idx INTEGER PRIMARY KEY, leaf_hash BLOB NOT NULL, entry BLOB, salt BLOB);
+CREATE TABLE sender_events (
+    event_id INTEGER PRIMARY KEY, sender TEXT NOT NULL, message_id TEXT NOT NULL,
+    signed BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Ed25519Costs:
+    """CPU seconds per operation (PyNaCl, this thread, median of the rounds)."""
+
+    sign_s: float
+    verify_s: float
+
+
+def measure_ed25519(ops: int, rounds: int = _FLOOR_ROUNDS) -> Ed25519Costs:
+    """Time ``ops`` signatures and ``ops`` verifications of ``FLOOR_SIGNED_BYTES``-byte
+    messages, ``rounds`` times, in this thread's CPU time."""
+    key = nacl.signing.SigningKey.generate()
+    verify_key = key.verify_key
+    messages = [secrets.token_bytes(FLOOR_SIGNED_BYTES) for _ in range(ops)]
+    signs: list[float] = []
+    verifies: list[float] = []
+    for _ in range(rounds):
+        started = time.thread_time()
+        signed = [key.sign(m).signature for m in messages]
+        signs.append((time.thread_time() - started) / ops)
+        started = time.thread_time()
+        for m, sig in zip(messages, signed, strict=True):
+            verify_key.verify(m, sig)
+        verifies.append((time.thread_time() - started) / ops)
+    return Ed25519Costs(statistics.median(signs), statistics.median(verifies))
+
+
+@dataclass(frozen=True)
+class SqliteFloor:
+    """The floor's durable store work: CPU (this thread, ``fsync`` included) and wall time."""
+
+    cpu_s_per_msg: float
+    wall_s_per_commit: float
+    msgs_per_commit: int
+    commits: int
+    messages: int
+
+
+def measure_sqlite_floor(
+    folder: Path, envelopes: Sequence[bytes], msgs_per_commit: int
+) -> SqliteFloor:
+    """A minimal durable relay store, timed: SQLite in WAL mode with ``synchronous=FULL``;
+    each commit accepts ``msgs_per_commit`` messages (message row with its envelope and
+    acceptance receipt, one delivery, one audit leaf with its SHA-256 leaf hash) and finishes
+    the previous commit's (delivery deleted, ciphertext dropped, signed sender event stored,
+    one audit leaf). One connection, ``executemany`` per statement and commit: nothing a
+    correct store could leave out, nothing it would have to add per message."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "floor.db"
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.executescript(_FLOOR_SCHEMA)
+        receipt = secrets.token_bytes(FLOOR_RECEIPT_BYTES)
+        entry = secrets.token_bytes(FLOOR_ENTRY_BYTES)
+        salt = secrets.token_bytes(FLOOR_SALT_BYTES)
+        event = secrets.token_bytes(FLOOR_EVENT_BYTES)
+        ids = [secrets.token_hex(32) for _ in envelopes]
+        header = secrets.token_hex(32)
+        token_id = secrets.token_hex(16)
+        batches = [
+            range(i, min(i + msgs_per_commit, len(envelopes)))
+            for i in range(0, len(envelopes), msgs_per_commit)
+        ]
+        leaf = 0
+        # The first commit warms the page cache and is not counted.
+        cpu = wall = 0.0
+        for n, batch in enumerate([*batches, range(0)]):
+            previous = batches[n - 1] if n > 0 else range(0)
+            cpu_started, wall_started = time.thread_time(), time.perf_counter()
+            accepted = []
+            leaves = []
+            for i in batch:
+                accepted.append(
+                    (ids[i], SENDER, header, token_id, 0, 0, leaf, receipt, envelopes[i])
+                )
+                leaves.append((leaf, hashlib.sha256(b"\x00" + entry + ids[i].encode()).digest()))
+                leaf += 1
+            finished = []
+            for i in previous:
+                finished.append((ids[i],))
+                leaves.append((leaf, hashlib.sha256(b"\x00" + entry + ids[i].encode()).digest()))
+                leaf += 1
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)", accepted)
+            conn.executemany(
+                "INSERT INTO deliveries VALUES (?, ?, 'pending')",
+                [(row[0], RECIPIENT) for row in accepted],
+            )
+            conn.executemany(
+                "INSERT INTO audit_leaves VALUES (?, ?, ?, ?)",
+                [(idx, digest, entry, salt) for idx, digest in leaves],
+            )
+            conn.executemany(
+                "DELETE FROM deliveries WHERE message_id = ? AND recipient = 'halt'", finished
+            )
+            conn.executemany("UPDATE messages SET envelope = NULL WHERE message_id = ?", finished)
+            conn.executemany(
+                "INSERT INTO sender_events (sender, message_id, signed) VALUES (?, ?, ?)",
+                [(SENDER, row[0], event) for row in finished],
+            )
+            conn.execute("COMMIT")
+            if n > 0:
+                cpu += time.thread_time() - cpu_started
+                wall += time.perf_counter() - wall_started
+    finally:
+        conn.close()
+    # The counted commits accept every batch but the first and finish every batch.
+    counted = max(1, len(envelopes) - len(batches[0]) // 2)
+    commits = max(1, len(batches))
+    return SqliteFloor(
+        cpu_s_per_msg=cpu / counted,
+        wall_s_per_commit=wall / commits,
+        msgs_per_commit=msgs_per_commit,
+        commits=commits,
+        messages=counted,
+    )
+
+
+def measure_floor(
+    ceiling: CeilingFigures,
+    facts: _RunFacts,
+    *,
+    gateway_cpu_ms_per_msg: float,
+    loadgen_cpu_ms_per_msg: float,
+    envelopes: Sequence[bytes],
+    workdir: Path,
+    ed25519_ops: int,
+) -> dict[str, Any]:
+    """The cost floor of the relay run ``facts`` on this machine (see the module docstring):
+    per-message CPU of HTTP over mTLS, Ed25519 and durable SQLite work, for the gateway and
+    the load generator, and the throughput the machine's cores allow at that cost."""
+    cores = os.cpu_count() or 1
+    requests_per_msg = facts.measured_requests / max(1, facts.measured)
+    server_s = (ceiling.server_cpu_s or 0.0) / ceiling.requests
+    client_s = ceiling.client_cpu_s / ceiling.requests
+    checkpoints_per_msg = (facts.checkpoints or 0) / max(1, facts.messages)
+    # Messages per commit as the run reached them: its commits with audit leaves are its
+    # checkpoints, and each message brings AUDIT_LEAVES_PER_MSG leaves.
+    msgs_per_commit = max(1, round(facts.messages / facts.checkpoints)) if facts.checkpoints else 1
+    ed = measure_ed25519(ed25519_ops)
+    store = measure_sqlite_floor(workdir, envelopes, msgs_per_commit)
+    gateway_signs = GATEWAY_SIGNS_PER_MSG + checkpoints_per_msg
+    parts_gateway_ms = {
+        "http": server_s * requests_per_msg * 1000,
+        "ed25519": (GATEWAY_VERIFIES_PER_MSG * ed.verify_s + gateway_signs * ed.sign_s) * 1000,
+        "sqlite": store.cpu_s_per_msg * 1000,
+    }
+    parts_loadgen_ms = {
+        "http": client_s * requests_per_msg * 1000,
+        "ed25519": LOADGEN_SIGNS_PER_MSG * ed.sign_s * 1000,
+    }
+    gateway_ms = sum(parts_gateway_ms.values())
+    loadgen_ms = sum(parts_loadgen_ms.values())
+    return {
+        "floor_cpu_ms_per_msg": _round(gateway_ms, 4),
+        "floor_loadgen_cpu_ms_per_msg": _round(loadgen_ms, 4),
+        "floor_max_msgs_per_s_on_this_machine": _round(cores * 1000 / (gateway_ms + loadgen_ms), 1),
+        # Cores the floor alone takes at the target rate (gateway and load generator).
+        "floor_cores_at_target": _round(TARGET_MSGS_PER_S * (gateway_ms + loadgen_ms) / 1000, 3),
+        "cores": cores,
+        "gateway_parts_ms_per_msg": {k: _round(v, 4) for k, v in parts_gateway_ms.items()},
+        "loadgen_parts_ms_per_msg": {k: _round(v, 4) for k, v in parts_loadgen_ms.items()},
+        # The relay run's own CPU per message over the floor's (same run).
+        "gateway_cpu_over_floor": _round(gateway_cpu_ms_per_msg / gateway_ms, 2),
+        "loadgen_cpu_over_floor": _round(loadgen_cpu_ms_per_msg / loadgen_ms, 2),
+        "http": {
+            "ceiling_server_cpu_ms_per_req": _round(server_s * 1000, 4),
+            "ceiling_client_cpu_ms_per_req": _round(client_s * 1000, 4),
+            "ceiling_requests": ceiling.requests,
+            "requests_per_msg": _round(requests_per_msg, 4),
+        },
+        "ed25519": {
+            "library": "PyNaCl",
+            "sign_ms": _round(ed.sign_s * 1000, 4),
+            "verify_ms": _round(ed.verify_s * 1000, 4),
+            "gateway_verifies_per_msg": GATEWAY_VERIFIES_PER_MSG,
+            "gateway_signs_per_msg": _round(gateway_signs, 4),
+            "checkpoints_per_msg": _round(checkpoints_per_msg, 4),
+            "loadgen_signs_per_msg": LOADGEN_SIGNS_PER_MSG,
+        },
+        "sqlite": {
+            "cpu_ms_per_msg": _round(store.cpu_s_per_msg * 1000, 4),
+            "commit_wall_ms": _round(store.wall_s_per_commit * 1000, 3),
+            "msgs_per_commit": store.msgs_per_commit,
+            "commits": store.commits,
+            "messages": store.messages,
+            "synchronous": "FULL",
+        },
+    }
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -888,12 +1192,33 @@ class _Shared:
     workdir: Path
 
 
+@dataclass(frozen=True)
+class _RunFacts:
+    """What the cost floor takes from a relay run: the requests made in the measured phase
+    and, for SQLite, the signed checkpoints (one per commit that appended audit leaves)."""
+
+    messages: int
+    measured: int
+    measured_requests: int
+    checkpoints: int | None
+
+
+def _count_checkpoints(store: Path) -> int | None:
+    """Rows in the stopped gateway's ``checkpoints`` table (read-only); ``None`` if unreadable."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT count(*) FROM checkpoints").fetchone()
+    except sqlite3.Error:
+        return None
+    return int(row[0])
+
+
 async def _relay_figures(
     shared: _Shared, name: str, *, replicas: int = 1, store_url: str | None = None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], _RunFacts]:
     """Relay ``shared.sealed`` through ``replicas`` gateways on one fresh store (a SQLite file
     in the work folder, or ``store_url``); stop them (exit 0 required), verify the audit log;
-    the figures of the run."""
+    the figures of the run and what the cost floor needs of it."""
     covenant, settings = shared.covenant, shared.settings
     gateways = [
         GatewayProcess(
@@ -938,7 +1263,13 @@ async def _relay_figures(
     # load generator, and everything else (PostgreSQL; other work on a shared machine).
     machine_total = cpu.machine_total_s or elapsed * cores
     other = max(0.0, cpu.machine_busy_s - cpu.gateway_s - cpu.loadgen_s)
-    return {
+    facts = _RunFacts(
+        messages=len(shared.sealed),
+        measured=measured,
+        measured_requests=run.measured_requests,
+        checkpoints=_count_checkpoints(gateways[0].store) if store_url is None else None,
+    )
+    figures = {
         "relay_msgs_per_s": _round(relay_rate, 1),
         "ceiling_req_per_s": _round(shared.ceiling, 1),
         "relay_to_ceiling_ratio": _round(relay_rate / shared.ceiling, 3),
@@ -971,6 +1302,7 @@ async def _relay_figures(
         "audit_verified": bool(audit.get("ok")),
         "audit_leaves": audit.get("leaves"),
     }
+    return figures, facts
 
 
 def _with_search_path(url: str, schema: str) -> str:
@@ -1010,7 +1342,7 @@ async def _postgres_figures(shared: _Shared, url: str, replicas: int) -> dict[st
         version = str(await admin.fetchval("SHOW server_version"))
         await admin.execute(f'CREATE SCHEMA "{schema}"')
         try:
-            figures = await _relay_figures(
+            figures, _facts = await _relay_figures(
                 shared,
                 f"postgres-{replicas}",
                 replicas=replicas,
@@ -1055,8 +1387,17 @@ async def run_bench(settings: BenchSettings, workdir: Path) -> dict[str, Any]:
     ceiling = await measure_ceiling(
         covenant, settings, [s.envelope for s in sealed[: settings.senders * 8]]
     )
-    shared = _Shared(covenant, settings, token, sealed, ceiling, workdir)
-    result = await _relay_figures(shared, "ketenpost")
+    shared = _Shared(covenant, settings, token, sealed, ceiling.req_per_s, workdir)
+    result, facts = await _relay_figures(shared, "ketenpost")
+    floor = measure_floor(
+        ceiling,
+        facts,
+        gateway_cpu_ms_per_msg=result["gateway_cpu_s_per_1000_msgs"],
+        loadgen_cpu_ms_per_msg=result["loadgen_cpu_s_per_1000_msgs"],
+        envelopes=[s.envelope for s in sealed[: settings.floor_messages]],
+        workdir=workdir / "floor",
+        ed25519_ops=settings.floor_ed25519_ops,
+    )
     accept_p99 = result["accept_p99_ms"]
     relay_rate = result["relay_msgs_per_s"]
     result.update(
@@ -1072,6 +1413,7 @@ async def run_bench(settings: BenchSettings, workdir: Path) -> dict[str, Any]:
                 "relay_msgs_per_s": relay_rate >= TARGET_MSGS_PER_S,
                 "accept_p99_ms": accept_p99 <= TARGET_ACCEPT_P99_MS,
             },
+            "floor": floor,
             "gateway": {
                 "store": "sqlite",
                 "synchronous": "FULL",

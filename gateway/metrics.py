@@ -21,6 +21,11 @@ Rules kept here:
   whole before anything changes.
 * Counters count (message, recipient) pairs where a recipient label exists: a message to three
   partners adds three to ``accepted_total``.
+* The per-message methods keep the child of each label set they have seen (``_Children``),
+  keyed by the values exactly as the caller passed them: ``check_label`` is a pure function of
+  (label name, value) and ``labels()`` returns the same child for the same values, so a child
+  found there is what checking and looking up again would return. Only values that passed
+  every check are kept, and never for a gauge whose series are removed (``_SnapshotGauge``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,6 +46,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder
+from prometheus_client.metrics import MetricWrapperBase
 
 from gateway.protocol.reasons import Reason
 from gateway.protocol.types import MessageType
@@ -99,16 +105,25 @@ STORE_OPERATIONS: Final = frozenset(
         "finish",
         "get_token",
         "inclusion_proof",
+        "judge_queue",
+        "key_revocations",
         "message_status",
+        "record_key_revocation",
         "register_token",
         "revoke_token",
     }
 )
-# Why messages are purged (``purged``): only a token revocation purges today.
-# Why the relay ends undelivered messages: a revoked token (its messages), and a new directory
-# that voids them (a revoked sign key whose signatures no longer stand, a recipient that left).
+# Why the relay ends undelivered messages (``purged``): a revoked token (its messages), and a
+# new directory or a partner's own revocation statement that voids them (a revoked sign key
+# whose signatures no longer stand, a revoked token key whose tokens no longer authorise, a
+# recipient that left).
 PURGE_REASONS: Final = frozenset(
-    {Reason.TOKEN_REVOKED.value, Reason.KEY_COMPROMISED.value, Reason.UNKNOWN_RECIPIENT.value}
+    {
+        Reason.TOKEN_REVOKED.value,
+        Reason.KEY_COMPROMISED.value,
+        Reason.TOKEN_ISSUER_KEY_COMPROMISED.value,
+        Reason.UNKNOWN_RECIPIENT.value,
+    }
 )
 
 _PARTNER_ID_RE: Final = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
@@ -118,6 +133,12 @@ _VERSION_RE: Final = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 # Message ids, kids and hashes are 64 hex digits, token ids and pseudonyms 32, trace ids 32;
 # none of the values we allow has 16 hex digits in a row, even with separators removed.
 _ID_LIKE_RE: Final = re.compile(r"[0-9a-f]{16,}")
+# Label sets one ``_Children`` keeps before it starts again. The values are partner ids, types,
+# routes and statuses, so a live gateway stays far below it; the bound only keeps a stream of
+# distinct (refused-later or odd-cased) values from growing the memo without end.
+MAX_REMEMBERED_CHILDREN: Final = 4096
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 
 def _refuse(label: str, value: str, why: str) -> ValueError:
@@ -219,6 +240,29 @@ class QueueStats:
 
     depth: int
     oldest_pending_age_s: float
+
+
+class _Children(Generic[_M]):
+    """The children of one labelled metric that have been used, by the caller's raw values.
+
+    ``get`` returns ``None`` for a key not seen yet; the caller checks the values, asks the
+    metric for the child and ``put``s it. Only the event loop calls these (one thread), and a
+    lost race would only mean checking the same values twice.
+    """
+
+    __slots__ = ("_children",)
+
+    def __init__(self) -> None:
+        self._children: dict[Hashable, _M] = {}
+
+    def get(self, key: Hashable) -> _M | None:
+        return self._children.get(key)
+
+    def put(self, key: Hashable, child: _M) -> _M:
+        if len(self._children) >= MAX_REMEMBERED_CHILDREN:
+            self._children.clear()
+        self._children[key] = child
+        return child
 
 
 class _SnapshotGauge:
@@ -439,6 +483,14 @@ class GatewayMetrics:
             "Log fields dropped because they are not on the allow-list (see gateway.logs).",
             registry=r,
         )
+        # Children of the metrics touched per message or per request (see the module
+        # docstring). None of these metrics ever has a series removed.
+        self._accepted_children: _Children[Counter] = _Children()
+        self._delivered_children: _Children[Counter] = _Children()
+        self._acknowledged_children: _Children[Counter] = _Children()
+        self._request_children: _Children[Histogram] = _Children()
+        self._clock_offset_children: _Children[Gauge] = _Children()
+        self._clock_magnitude_children: _Children[Histogram] = _Children()
         Gauge(
             PREFIX + "build_info",
             "Always 1; the version of the running gateway as a label.",
@@ -449,22 +501,44 @@ class GatewayMetrics:
     # -- Events of the relay. ---------------------------------------------------------------
 
     def accepted(self, sender: str, recipients: Iterable[str], message_type: str) -> None:
-        """One accepted envelope: adds one per recipient."""
-        sender = check_label("sender", sender)
-        message_type = check_label("type", message_type)
-        checked = [check_label("recipient", recipient) for recipient in recipients]
-        for recipient in checked:
-            self._accepted.labels(sender, recipient, message_type).inc()
+        """One accepted envelope: adds one per recipient. If any label is refused, nothing is
+        counted and no series is created."""
+        children = self._accepted_children
+        keys = [(sender, recipient, message_type) for recipient in recipients]
+        found = [children.get(key) for key in keys]
+        if None in found:
+            # Check every label before creating any series.
+            checked = [
+                (check_label("sender", s), check_label("recipient", r), check_label("type", t))
+                for s, r, t in keys
+            ]
+            found = [
+                children.put(key, self._accepted.labels(*labels))
+                for key, labels in zip(keys, checked, strict=True)
+            ]
+        for child in found:
+            if child is not None:
+                child.inc()
 
     def refused(self, reason: str, sender: str = UNKNOWN_SENDER) -> None:
         """One refused submission; ``sender`` is the authenticated partner, if any."""
         self._refused.labels(check_label("reason", reason), check_label("sender", sender)).inc()
 
     def delivered(self, recipient: str, count: int = 1) -> None:
-        self._delivered.labels(check_label("recipient", recipient)).inc(count)
+        child = self._delivered_children.get(recipient)
+        if child is None:
+            child = self._delivered_children.put(
+                recipient, self._delivered.labels(check_label("recipient", recipient))
+            )
+        child.inc(count)
 
     def acknowledged(self, recipient: str, count: int = 1) -> None:
-        self._acknowledged.labels(check_label("recipient", recipient)).inc(count)
+        child = self._acknowledged_children.get(recipient)
+        if child is None:
+            child = self._acknowledged_children.put(
+                recipient, self._acknowledged.labels(check_label("recipient", recipient))
+            )
+        child.inc(count)
 
     def rejected(self, recipient: str, reason: str) -> None:
         self._rejected.labels(
@@ -482,10 +556,18 @@ class GatewayMetrics:
     def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
         """One partner API request; ``route`` is the template (``request.match_info.route``'s
         resource canonical form) or ``UNMATCHED_ROUTE``, never the path."""
-        method = method.upper() if method.upper() in HTTP_METHODS else "OTHER"
-        self._request_duration.labels(
-            check_label("route", route), method, check_label("status", str(status))
-        ).observe(_finite("duration_s", duration_s))
+        duration_s = _finite("duration_s", duration_s)
+        key = (route, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            method = method.upper() if method.upper() in HTTP_METHODS else "OTHER"
+            child = self._request_children.put(
+                key,
+                self._request_duration.labels(
+                    check_label("route", route), method, check_label("status", str(status))
+                ),
+            )
+        child.observe(duration_s)
 
     def observe_accept(self, duration_s: float) -> None:
         self._accept_duration.observe(_finite("duration_s", duration_s))
@@ -495,10 +577,17 @@ class GatewayMetrics:
 
     def observe_clock_offset(self, partner: str, offset_s: float) -> None:
         """``offset_s`` = gateway receive time - the envelope's created_at."""
-        partner = check_label("partner", partner)
         offset_s = _finite("offset_s", offset_s)
-        self._clock_offset.labels(partner).set(offset_s)
-        self._clock_offset_magnitude.labels(partner).observe(abs(offset_s))
+        gauge = self._clock_offset_children.get(partner)
+        histogram = self._clock_magnitude_children.get(partner)
+        if gauge is None or histogram is None:
+            checked = check_label("partner", partner)
+            gauge = self._clock_offset_children.put(partner, self._clock_offset.labels(checked))
+            histogram = self._clock_magnitude_children.put(
+                partner, self._clock_offset_magnitude.labels(checked)
+            )
+        gauge.set(offset_s)
+        histogram.observe(abs(offset_s))
 
     # -- State snapshots (replace the previous one). ----------------------------------------
 

@@ -586,8 +586,7 @@ class Relay:
         try:
             await self.refresh_key_revocations()
         except StoreError as exc:
-            # No ``store_error`` series of its own (``STORE_OPERATIONS`` is fixed in
-            # gateway.metrics); the warning names it.
+            self.metrics.store_error("key_revocations")
             logger.warning("key_revocations_unreadable", extra={"error": exc})
 
     def _check_sender_not_revoked(self, header: Header, now: int) -> None:
@@ -1136,6 +1135,7 @@ class Relay:
                 self._remerge()
             self._adopt([stored])
         except StoreError as exc:
+            self.metrics.store_error("record_key_revocation")
             logger.warning("key_revocation_unrecorded", extra={"error": exc})
             raise await self._approach_refused(
                 Refusal(Reason.STORE_UNAVAILABLE, str(exc)), partner, now, None
@@ -1172,6 +1172,7 @@ class Relay:
         try:
             rows = await self.store.key_revocations()
         except StoreError as exc:
+            self.metrics.store_error("key_revocations")
             logger.warning("key_revocations_unreadable", extra={"error": exc})
             raise Refusal(Reason.STORE_UNAVAILABLE, str(exc)) from None
         self._adopt(rows)
@@ -1375,8 +1376,7 @@ class Relay:
         try:
             await self.judge_queue()
         except StoreError as exc:
-            # Not a ``store_error`` series of its own (``STORE_OPERATIONS`` is fixed in
-            # gateway.metrics); the warning names it.
+            self.metrics.store_error("judge_queue")
             logger.warning("queue_judgement_failed", extra={"error": exc})
 
     async def _purge_voided(self, directory: Directory, now: int) -> list[Purged]:

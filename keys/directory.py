@@ -16,6 +16,7 @@ Rules kept here:
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 from typing import Annotated
@@ -94,7 +95,9 @@ class GatewayEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keys: tuple[DirectoryKey, ...]
 
 
-class DirectoryContents(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+# ``dict=True`` gives instances a ``__dict__`` for ``functools.cached_property`` alone; it adds
+# no field, so encoding, equality and hashing are those of the fields.
+class DirectoryContents(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     """What the signed directory says. Serialised as canonical JSON inside a TUF target."""
 
     covenant: str
@@ -107,8 +110,11 @@ class DirectoryContents(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     refresh_interval_s: Annotated[int, msgspec.Meta(ge=1)] = 3600
     clock_skew_s: Annotated[int, msgspec.Meta(ge=0)] = 300
 
-    @property
+    @functools.cached_property
     def policy_hash(self) -> str:
+        """SHA-256 hex of ``policy``. Computed once per object: the struct is frozen and
+        ``policy`` is ``bytes``, so the hash cannot change, and the relay's token check asks
+        for it on every message."""
         return hashlib.sha256(self.policy).hexdigest()
 
 
