@@ -4,7 +4,9 @@
 Rules kept here (house rule 10): data to stdout, ``ketenpost: error: <one line>`` to stderr;
 exit 0 after a clean stop (Ctrl-C / SIGTERM), 2 for a bad configuration, 1 for anything else
 that stops the adapter. The transport comes from the ``[system]`` table via
-``adapters.registry``; the command is thin and the work is in ``adapters.engine``.
+``adapters.registry``; the command is thin and the work is in ``adapters.engine``. ``run``
+logs JSON lines to stderr as the gateway does (``gateway.logs``, with the adapter's fields
+``ADAPTER_LOG_FIELDS`` allowed too).
 
 ``configure`` writes ``adapter.toml`` for a partner folder made with ``ketenpost keys
 generate`` (and completed by the onboarding runbook), with ``adapters.config.
@@ -21,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import msgspec
 
@@ -46,6 +47,8 @@ from adapters.config import (
 from adapters.engine import Adapter, EngineSettings
 from adapters.errors import AdapterConfigError, AdapterError
 from adapters.registry import TransportRegistry, default_registry
+from gateway.config import LogLevel
+from gateway.logs import JsonLineFormatter, configure_logging
 from keys import KeysError
 from keys.cli import PARTNER_BUNDLE_FORMAT, PartnerBundle
 from keys.directory import PARTNER_ID_PATTERN
@@ -166,6 +169,37 @@ async def _run(adapter: Adapter) -> None:
         await adapter.run(stop)
 
 
+# The adapter's own log fields (``adapters.engine``), on top of the gateway's allow-list
+# (``gateway.logs.ALLOWED_FIELDS``): which key and certificate are in use and why one was
+# skipped, alarm kinds, the step that failed, and the one-line detail of an error (the
+# gateway's ``error``). Left off, so dropped and counted as the gateway drops token ids and
+# pseudonyms: partner-system record ids and drop-folder file names (they may be case numbers
+# or names), token ids, and quarantine reports (they quote the record).
+ADAPTER_LOG_FIELDS: Final = frozenset(
+    {
+        "alarm",
+        "certificate",
+        "detail",
+        "generation",
+        "kid",
+        "not_after",
+        "step",
+        "switched",
+    }
+)
+
+
+def configure_adapter_logging(stream: TextIO | None = None) -> JsonLineFormatter:
+    """Log as the gateway does (``gateway.logs``: one JSON object per line, an event name and
+    the allowed ``extra=`` fields), with ``ADAPTER_LOG_FIELDS`` allowed too, at ``info``, to
+    ``stream`` (stderr: stdout carries what the command prints). Returns the formatter."""
+    return configure_logging(
+        LogLevel.INFO,
+        stream if stream is not None else sys.stderr,
+        extra_fields=ADAPTER_LOG_FIELDS,
+    )
+
+
 def run_adapter(args: argparse.Namespace, registry: TransportRegistry | None = None) -> int:
     try:
         config = load_for(args.partner, args.config)
@@ -181,7 +215,7 @@ def run_adapter(args: argparse.Namespace, registry: TransportRegistry | None = N
         return _error(exc, EXIT_BAD_CONFIG)
     except (AdapterError, KeysError) as exc:
         return _error(exc, EXIT_FAILED)
-    logging.basicConfig(level=logging.INFO)
+    configure_adapter_logging()
     try:
         asyncio.run(_run(adapter))
     except (AdapterError, KeysError, OSError) as exc:

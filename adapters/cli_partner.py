@@ -16,6 +16,14 @@ Rules kept here (age's command-line style, house rule 10):
   from the partner's own trusted root; a bundle from ``GET /v1/directory`` replaces the local
   one only when it verifies and is newer (and is then written back to the folder). Tokens,
   acceptance receipts, checkpoints and sender events are verified against that directory.
+* Own keys are picked as the adapter engine picks them, so a rotation needs no edit of
+  ``adapter.toml``: the verbs sign (envelopes, receipts, rejections) with the newest sign key
+  beside the configured one that the verified directory lists as usable, and issue and revoke
+  tokens with the newest token key likewise (``adapters.config.key_family`` +
+  ``adapters.directory.newest_active``); they present the newest TLS pair that qualifies
+  (``keys.tlspairs.choose_tls_pair``: by the folder's directory until the gateway's is
+  verified, then by that one; the configured ``[tls]`` pair when none qualifies); ``inbox``
+  opens with every encrypt key held, retired ones too.
 * Pseudonyms are drawn at random (128 bits, ``types.new_pseudonym``), never derived from a
   BSN or a name. Message ids are derived, ``HMAC(outbox key, source record id)``: the record id
   defaults to a hash of the body file, the type and the recipients, so sending the same file
@@ -37,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import json
@@ -45,7 +54,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -125,6 +134,7 @@ from keys.signed_directory import (
     write_bundle,
 )
 from keys.tlsidentity import TlsFiles, client_context
+from keys.tlspairs import choose_tls_pair
 
 PROG: Final = "ketenpost"
 EXIT_OK: Final = 0
@@ -340,10 +350,31 @@ class PartnerFolder:
             passphrase=self.passphrase_source,
         )
 
-    def sign_key(self) -> Ed25519KeyPair:
-        return load_ed25519_key(
-            self.config.path(self.config.keys.sign), KeyUse.SIGN, self._passphrase()
+    def sign_keys(self) -> tuple[Ed25519KeyPair, ...]:
+        """The configured sign key and its rotated successors beside it (``sign-2.key``, …;
+        ``adapters.config.key_family``), oldest first, as the adapter engine holds them."""
+        passphrase = self._passphrase()
+        return tuple(
+            load_ed25519_key(path, KeyUse.SIGN, passphrase)
+            for path in key_family(self.config.path(self.config.keys.sign))
         )
+
+    def sign_key(
+        self,
+        directory: Directory | None = None,
+        now: int | None = None,
+        keys: Sequence[Ed25519KeyPair] | None = None,
+    ) -> Ed25519KeyPair:
+        """The newest of ``keys`` (default ``sign_keys()``) that ``directory`` lists as usable
+        at ``now`` (``adapters.directory.newest_active``, as ``Adapter.own_sign_key``): a
+        rotated sign key signs from its ``active_from`` on, the old one until then. The
+        configured key without a directory and a time, or when the directory lists none (the
+        gateway then refuses with its reason)."""
+        family = tuple(keys) if keys is not None else self.sign_keys()
+        if directory is None or now is None:
+            return family[0]
+        chosen = newest_active(family, directory, self.id, KeyUse.SIGN, now)
+        return chosen if chosen is not None else family[0]
 
     def token_keys(self) -> tuple[Ed25519KeyPair, ...]:
         """The configured token key and its rotated successors beside it (``token-2.key``, …;
@@ -371,11 +402,12 @@ class PartnerFolder:
         return chosen if chosen is not None else family[0]
 
     def encrypt_keys(self) -> dict[str, HybridKemKeyPair]:
-        """Every encrypt key the partner holds (current and retired), by kid."""
+        """Every encrypt key the partner holds (current and retired), by kid: each one
+        ``[keys] encrypt`` lists and the rotated successors beside it (``key_family``), as the
+        adapter engine holds them, so a message sealed to any of them opens."""
         passphrase = self._passphrase()
-        pairs = [
-            load_encrypt_key(self.config.path(p), passphrase) for p in self.config.keys.encrypt
-        ]
+        paths = [q for p in self.config.keys.encrypt for q in key_family(self.config.path(p))]
+        pairs = [load_encrypt_key(path, passphrase) for path in dict.fromkeys(paths)]
         return {pair.kid: pair for pair in pairs}
 
     def outbox_key(self) -> bytes:
@@ -384,31 +416,70 @@ class PartnerFolder:
     def approach_file(self, token_id: str) -> Path:
         return self.folder / APPROACHES_DIR / f"{token_id}.json"
 
-    def client(self, gateway: str | None, *, wait_s: float = 0.0) -> GatewayClient:
-        url = gateway or self.config.gateway.url
-        return GatewayClient(
-            url,
-            client_context(self.tls_files(), self.environ),
-            timeout_s=max(60.0, wait_s + POLL_MARGIN_S),
-        )
+    def tls_pair(self, directory: Directory | None, now: int) -> TlsFiles:
+        """The certificate and key to present: the newest own pair that qualifies at ``now`` by
+        ``directory`` (``keys.tlspairs.choose_tls_pair``, as the adapter engine picks), so a
+        rotated certificate is presented from its key's ``active_from`` on. The configured
+        ``[tls]`` pair without a directory, when none qualifies, or when the trust anchors
+        cannot be read (building the context then says why)."""
+        configured = self.tls_files()
+        if directory is None:
+            return configured
+        try:
+            choice = choose_tls_pair(configured, directory, self.id, now, self.environ)
+        except (KeysError, OSError):
+            return configured
+        return configured if choice.pair is None else choice.pair.files
 
-    async def directory(self, client: GatewayClient, now: int) -> Directory:
-        """The verified directory: the folder's bundle, or the gateway's when that verifies and
-        is newer (then also written back to the folder). Raises ``CliError`` when neither
-        verifies."""
+    def _trusted_local(self, now: int) -> tuple[TrustedDirectory, Directory | None, str]:
+        """The partner's trusted root updated with the folder's bundle: the trusted state, the
+        folder's directory (``None`` if it does not verify at ``now``) and why not."""
         section = self.config.directory
-        bundle_dir = self.config.path(section.bundle)
         try:
             trusted = TrustedDirectory(self.config.path(section.trusted_root).read_bytes())
         except OSError as exc:
             raise CliError(f"cannot read the trusted root: {exc}") from None
-        directory: Directory | None = None
-        local_problem = ""
         try:
-            directory = trusted.update(read_bundle(bundle_dir), now)
+            return trusted, trusted.update(read_bundle(self.config.path(section.bundle)), now), ""
         except DirectoryError as exc:
-            local_problem = f"the folder's directory does not verify: {exc}"
+            return trusted, None, f"the folder's directory does not verify: {exc}"
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, gateway: str | None, now: int, *, wait_s: float = 0.0
+    ) -> AsyncIterator[tuple[GatewayClient, Directory]]:
+        """A client of the gateway (``gateway`` or ``gateway.url``) and the verified directory.
+
+        The directory is the folder's bundle, or the gateway's when that verifies and is newer
+        (then also written back to the folder); ``CliError`` when neither verifies. The client
+        first presents the pair the folder's directory picks (``tls_pair``), and from the
+        moment the directory is known the pair that one picks: a certificate rotated after the
+        folder's bundle was written is presented once the gateway's newer bundle lists it.
+        """
+        trusted, local, local_problem = self._trusted_local(now)
+        presented = self.tls_pair(local, now)
+        client = GatewayClient(
+            gateway or self.config.gateway.url,
+            client_context(presented, self.environ),
+            timeout_s=max(60.0, wait_s + POLL_MARGIN_S),
+        )
+        async with client:
+            directory = await self._directory(client, trusted, local, local_problem, now)
+            current = self.tls_pair(directory, now)
+            if current != presented:
+                client.use_ssl_context(client_context(current, self.environ))
+            yield client, directory
+
+    async def _directory(
+        self,
+        client: GatewayClient,
+        trusted: TrustedDirectory,
+        local: Directory | None,
+        local_problem: str,
+        now: int,
+    ) -> Directory:
         local_version = trusted.version
+        directory = local
         remote: DirectoryBundle | None = None
         try:
             remote = decode_bundle(await client.directory_bundle())
@@ -417,7 +488,7 @@ class PartnerFolder:
             if directory is None:
                 raise CliError(f"{local_problem}; the gateway's does not either: {exc}") from None
         if remote is not None and trusted.version > local_version:
-            write_bundle(remote, bundle_dir)
+            write_bundle(remote, self.config.path(self.config.directory.bundle))
         if directory is None:  # pragma: no cover - update returns or raises
             raise CliError(local_problem)
         return directory
@@ -506,8 +577,7 @@ async def approach_issue(
         f"{partner.id}-{decided_on.strftime('%Y%m%d')}-{secrets.token_hex(4)}"
     )
     valid_until = now + args.valid_days * DAY_S
-    async with partner.client(args.gateway) as client:
-        directory = await partner.directory(client, now)
+    async with partner.session(args.gateway, now) as (client, directory):
         policy = policy_from_directory(directory)
         try:
             me = directory.partner(partner.id)
@@ -585,8 +655,7 @@ async def approach_revoke(
     args: argparse.Namespace, partner: PartnerFolder, now: int
 ) -> dict[str, Any]:
     token_keys = partner.token_keys()  # fails before anything is sent
-    async with partner.client(args.gateway) as client:
-        directory = await partner.directory(client, now)
+    async with partner.session(args.gateway, now) as (client, directory):
         signed = partner.read_approach(args.token_id)
         if signed is None:
             signed, _status = await _fetched_token(client, args.token_id)
@@ -682,9 +751,8 @@ async def send(args: argparse.Namespace, partner: PartnerFolder, now: int) -> di
     subjects = subjects_of(case_message)
     record_id = args.record_id or _record_id(body, message_type, recipients)
     message_id = derive_message_id(partner.outbox_key(), record_id)
-    sign_key = partner.sign_key()
-    async with partner.client(args.gateway) as client:
-        directory = await partner.directory(client, now)
+    sign_keys = partner.sign_keys()  # fails before anything is sent
+    async with partner.session(args.gateway, now) as (client, directory):
         signed = partner.read_approach(args.approach)
         if signed is None:
             signed, _status = await _fetched_token(client, args.approach)
@@ -700,7 +768,7 @@ async def send(args: argparse.Namespace, partner: PartnerFolder, now: int) -> di
         expires_at = min(now + args.expires_in_days * DAY_S, token.valid_until)
         envelope = seal(
             sender=partner.id,
-            sign_key=sign_key,
+            sign_key=partner.sign_key(directory, now, sign_keys),
             recipients=targets,
             body=body,
             message_id=message_id,
@@ -908,16 +976,15 @@ class _Inbox:
 
 async def inbox(args: argparse.Namespace, partner: PartnerFolder, now: int) -> list[dict[str, Any]]:
     encrypt_keys = partner.encrypt_keys()
-    sign_key = partner.sign_key()
-    async with partner.client(args.gateway, wait_s=args.wait) as client:
-        directory = await partner.directory(client, now)
+    sign_keys = partner.sign_keys()
+    async with partner.session(args.gateway, now, wait_s=args.wait) as (client, directory):
         work = _Inbox(
             client,
             partner,
             directory,
             policy_from_directory(directory),
             encrypt_keys,
-            sign_key,
+            partner.sign_key(directory, now, sign_keys),
             now,
         )
         batch = await client.inbox(wait_s=args.wait, limit=args.limit)

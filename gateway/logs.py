@@ -20,7 +20,10 @@ Rules kept here:
   free text from them is dropped (event ``malformed_event``), since its ``%`` arguments could be
   anything. Libraries (aiohttp, asyncio) log free text; it is kept in ``message``, cut short.
 * An exception is logged as ``error`` (type and message) and ``traceback``.
-* No global set-up except ``configure_logging``, called once by ``serve``.
+* Another service adds its own fields with ``extra_fields`` (the adapter: key ids, certificate
+  paths, alarm details); the forbidden names stay forbidden there too.
+* No global set-up except ``configure_logging``, called once by ``serve`` and by ``adapter
+  run``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ ALLOWED_FIELDS: Final = frozenset(
         "error",
         "address",
         "version",
+        # The root version beside the directory version (``directory_published``): a root
+        # rotation shows in the logs.
+        "root_version",
     }
 )
 # Checked by substring, so `subject_pseudonym`, `subjects`, `body_hash`, `key_passphrase` and
@@ -207,18 +213,22 @@ def configure_logging(
     level: LogLevel | str,
     stream: TextIO | None = None,
     *,
+    extra_fields: Iterable[str] = (),
     static_fields: Mapping[str, str | int] | None = None,
     on_drop: Callable[[], None] | None = None,
 ) -> JsonLineFormatter:
     """Send every log record (ours and the libraries') as JSON lines to ``stream`` (stdout).
 
     The one global change this module makes: the root logger gets one ``JsonLinesHandler``
-    (replacing one installed earlier) and ``level``. ``static_fields`` go on every line
-    (e.g. ``{"replica": "gw-1"}``; they must be on the allow-list). Returns the formatter, whose
+    (replacing one installed earlier) and ``level``. ``extra_fields`` extend the allow-list
+    (``ValueError`` for a forbidden or fixed name); ``static_fields`` go on every line (e.g.
+    ``{"replica": "gw-1"}``; they must be on the allow-list). Returns the formatter, whose
     ``dropped`` counts dropped fields.
     """
     numeric = logging.getLevelNamesMapping()[LogLevel(str(level).lower()).value.upper()]
-    formatter = JsonLineFormatter(static_fields=static_fields, on_drop=on_drop)
+    formatter = JsonLineFormatter(
+        extra_fields=extra_fields, static_fields=static_fields, on_drop=on_drop
+    )
     handler = JsonLinesHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()

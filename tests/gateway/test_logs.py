@@ -260,3 +260,102 @@ def test_allow_list_has_no_forbidden_name() -> None:
     for name in ALLOWED_FIELDS:
         formatter = JsonLineFormatter()
         assert name in line(formatter, record(extra={name: "x"})), name
+
+
+def test_the_allow_list() -> None:
+    # Listed here so that a field is allowed on purpose, never by accident.
+    assert sorted(ALLOWED_FIELDS) == [
+        "address",
+        "count",
+        "duration_ms",
+        "error",
+        "message_id",
+        "method",
+        "partner",
+        "reason",
+        "recipient",
+        "replica",
+        "root_version",
+        "route",
+        "sender",
+        "status",
+        "trace_id",
+        "type",
+        "version",
+    ]
+
+
+def test_directory_published_keeps_the_root_version() -> None:
+    made = record(
+        "directory_published", name="gateway.server", extra={"version": 7, "root_version": 2}
+    )
+    out = line(JsonLineFormatter(), made)
+    assert (out["version"], out["root_version"]) == (7, 2)
+    assert "dropped_fields" not in out
+
+
+def test_configure_logging_checks_extra_fields(root_logger: logging.Logger) -> None:
+    with pytest.raises(ValueError, match="may not be allowed"):
+        configure_logging("info", io.StringIO(), extra_fields=["subject_hint"])
+
+
+# -- the adapter's logs (``ketenpost adapter run``) ------------------------------------------
+
+
+def test_adapter_logs_its_fields_as_json_lines(root_logger: logging.Logger) -> None:
+    from adapters.cli import ADAPTER_LOG_FIELDS, configure_adapter_logging
+
+    kid = "c0ffee" * 10 + "abcd"
+    stream = io.StringIO()
+    formatter = configure_adapter_logging(stream)
+    engine = logging.getLogger("adapters.engine")
+    # The engine's own lines, with the fields it gives them.
+    engine.info(
+        "tls_key_in_use",
+        extra={
+            "kid": kid,
+            "generation": 2,
+            "certificate": "/srv/halt/keys/tls-2.crt",
+            "not_after": 1_790_000_000,
+            "switched": True,
+        },
+    )
+    engine.warning(
+        "tls_key_skipped",
+        extra={
+            "generation": 3,
+            "certificate": "/srv/halt/keys/tls-3.crt",
+            "reason": "no_certificate",
+            "detail": "/srv/halt/keys/tls-3.crt does not exist",
+        },
+    )
+    # A token id is not for the logs, nor is free text from our own loggers.
+    logging.getLogger("adapters.partners.zgw").info("token_revoked", extra={"token_id": PSEUDONYM})
+    engine.info("not_an_event %s", PSEUDONYM)
+
+    lines = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert [entry["event"] for entry in lines] == [
+        "tls_key_in_use",
+        "tls_key_skipped",
+        "token_revoked",
+        "malformed_event",
+    ]
+    in_use, skipped, revoked, malformed = lines
+    assert list(in_use)[:4] == list(FIXED_FIELDS)
+    assert in_use["level"] == "info"
+    assert in_use["logger"] == "adapters.engine"
+    assert in_use["kid"] == kid
+    assert (in_use["generation"], in_use["not_after"], in_use["switched"]) == (
+        2,
+        1_790_000_000,
+        True,
+    )
+    assert "dropped_fields" not in in_use
+    assert skipped["reason"] == "no_certificate"
+    assert skipped["detail"] == "/srv/halt/keys/tls-3.crt does not exist"
+    assert "dropped_fields" not in skipped
+    assert revoked["dropped_fields"] == 1
+    assert malformed["dropped_fields"] == 1
+    assert PSEUDONYM not in stream.getvalue()
+    assert formatter.dropped == 2
+    assert not ADAPTER_LOG_FIELDS & set(FIXED_FIELDS)
