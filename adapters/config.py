@@ -31,6 +31,12 @@ class PartnerSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = "https://127.0.0.1:8443"
+    # An acceptance receipt must carry its audit entry and salt, so the adapter checks the
+    # inclusion proof against its own leaf. ``false`` only for the rollout window in which a
+    # gateway replica that leaves them out still runs (docs/protocol.md, section 14): a
+    # receipt without them is then checked against the leaf the gateway serves, which shows
+    # that *a* leaf is logged, not that it is this message's.
+    require_receipt_entries: bool = True
 
 
 class TlsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

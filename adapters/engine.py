@@ -938,6 +938,13 @@ class Adapter:
             except ReceiptError as exc:
                 raise ReceiptInvalidError(str(exc)) from None
             _check_inclusion(leaf, receipt, checkpoint.root_hash)
+        elif self.config.gateway.require_receipt_entries:
+            # Whatever a partner can check, the adapter checks: a gateway that leaves the
+            # entry out would fall back to the weaker check below.
+            raise ReceiptInvalidError(
+                "the acceptance receipt carries no audit entry, which this adapter requires "
+                "([gateway] require_receipt_entries)"
+            )
         else:
             try:
                 await self._check_served_leaf(receipt, checkpoint.root_hash)

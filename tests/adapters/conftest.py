@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -63,8 +64,14 @@ class Net:
         url: str | None = None,
         faults: Callable[[str], None] | None = None,
         settings: EngineSettings | None = None,
+        require_receipt_entries: bool = True,
     ) -> Adapter:
         config = load_partner_dir(self.folder(partner))
+        if not require_receipt_entries:
+            config = msgspec.structs.replace(
+                config,
+                gateway=msgspec.structs.replace(config.gateway, require_receipt_entries=False),
+            )
         adapter = Adapter(
             config,
             self.system(partner).transport(),

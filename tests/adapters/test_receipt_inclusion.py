@@ -96,7 +96,13 @@ async def send_one(
 
     fake.on_submit = on_submit
     token = net.gw.issue_token()
-    police = await net.adapter("politie-ijmond", url=fake.url, settings=settings)
+    # Receipts without their entry are taken only by an adapter told to (the rollout window).
+    police = await net.adapter(
+        "politie-ijmond",
+        url=fake.url,
+        settings=settings,
+        require_receipt_entries=how.get("carry_entry", True),
+    )
     police.remember_token(token.signed, token.opening, {token.subjects[0]: BSN_A})
     net.system("politie-ijmond").add_event("INC-1", signal_event([BSN_A], ["halt"]))
     await police.ingest_once()
@@ -150,6 +156,36 @@ async def test_a_receipt_whose_entry_is_not_this_acceptance_is_disputed(
 
 def serve_leaf(fake: FakeGateway, leaf: bytes) -> None:
     fake.proofs["index"] = {"leaf_index": 1, "tree_size": 2, "leaf_hash": b64(leaf), "hashes": []}
+
+
+async def test_a_receipt_without_its_entry_is_disputed_by_default(
+    net: Net, fake_gateway: FakeGateway
+) -> None:
+    """A gateway that leaves the entry out (to fall back to the weaker check against the leaf
+    it serves itself) is caught: the adapter requires the entry unless adapter.toml says
+    ``[gateway] require_receipt_entries = false``."""
+    serve_leaf(fake_gateway, leaf_hash(b"whatever the gateway serves"))
+    token = net.gw.issue_token()
+    answers: list[dict[str, Any]] = []
+
+    def on_submit(envelope: bytes) -> dict[str, Any]:
+        answer = receipt_answer(net, envelope, carry_entry=False)
+        answers.append(answer)
+        return {k: v for k, v in answer.items() if not k.startswith("_")}
+
+    fake_gateway.on_submit = on_submit
+    police = await net.adapter("politie-ijmond", url=fake_gateway.url)
+    assert police.config.gateway.require_receipt_entries
+    police.remember_token(token.signed, token.opening, {token.subjects[0]: BSN_A})
+    net.system("politie-ijmond").add_event("INC-1", signal_event([BSN_A], ["halt"]))
+    await police.ingest_once()
+    await police.send_once()
+    [row] = police.store.outbox()
+    assert row.state == "disputed"
+    [alarm] = police.store.alarms()
+    assert alarm.kind == AlarmKind.RECEIPT.value
+    assert "carries no audit entry" in alarm.detail
+    assert police.inclusions.all() == []
 
 
 async def test_old_receipt_whose_leaf_cannot_be_fetched_is_accepted_pending_then_proven(
