@@ -19,9 +19,23 @@ Rules kept here (age's command-line style, house rule 10; DESIGN.md "Identities 
   (``sign``), then published with the key authority's snapshot and timestamp (``publish``).
   A proposal records the root and targets version it builds on; publishing a stale proposal is
   refused, and so is one below threshold, with the number of signatures missing.
-* ``keys`` imports nothing of ours, so the adapter's ``adapter.toml`` is touched only to append
-  a new ``encrypt`` key path (``append_encrypt_key_path``); every other switch to a new key is
-  the adapter's own pick-up (issue 6 item 2).
+* ``keys`` imports nothing of ours, so the adapter's ``adapter.toml`` is read (``[partner] id``,
+  key paths, the ``[tls]`` pair) and touched only to append a new ``encrypt`` key path
+  (``append_encrypt_key_path``); every other switch to a new key is the adapter's own: it holds
+  ``sign-N``/``token-N``/``tls-N`` beside the configured files and uses the newest one its
+  directory lists as usable, from ``active_from`` on, without an edit or a restart.
+* A verb that calls the gateway with ``--partner-dir`` presents the pair the adapter would
+  (``keys.tlspairs.choose_tls_pair`` by the folder's verified directory), so a rotated
+  certificate is used from its key's ``active_from`` and the old one is never presented after
+  its ``retire_at``; the configured pair when none qualifies.
+* The gateway and the deployment's folders never part without a message saying so:
+  ``directory publish --gateway`` verifies, sends, and writes the local folders only when the
+  gateway accepted (a refusal exits 3, an unreachable gateway 1, and the proposal can simply be
+  published again). ``timestamp --gateway`` does the opposite: what the key authority signs is
+  recorded locally first, so it can never sign two different documents with one version (the
+  gateway would refuse the second as ``directory_mismatch``); a failed send then says so and
+  ``directory push`` sends the folder's bundle again. A gateway takes the bundle it already has
+  again, unchanged, so ``push`` is safe to repeat.
 """
 
 from __future__ import annotations
@@ -116,6 +130,7 @@ from keys.rotation import (
 from keys.signed_directory import (
     TIMESTAMP_ROLE,
     TRUSTED_ROOT_FILE,
+    DirectoryBundle,
     DirectoryExpiry,
     DirectoryRepository,
     ExpiryPolicy,
@@ -134,6 +149,7 @@ from keys.signed_directory import (
 )
 from keys.state import KeyState
 from keys.tlsidentity import TlsFiles, client_context
+from keys.tlspairs import SkipKind, choose_tls_pair
 
 PROG: Final = "ketenpost"
 DAY_S: Final = 86_400
@@ -241,6 +257,24 @@ class CliError(KeysError):
     """A command-line input is unusable (missing file, bad time, wrong folder)."""
 
 
+class GatewayUnansweredError(CliError):
+    """The request went out but no answer came back (a timeout, a connection reset): the
+    gateway may have acted on it."""
+
+
+class GatewayRefusedError(KeysError):
+    """The gateway answered with a refusal (a problem document). The verb ends with
+    ``ketenpost: error: refused: <reason>: <detail>`` and exit status 3 (``EXIT_REFUSED``), as
+    ``ketenpost send`` does; ``refusal`` is the gateway's reason code, which need not be a
+    ``KeysReason`` (``unknown_sender``, ``key_revocation_unknown_key``, …)."""
+
+    def __init__(self, refusal: str, detail: str, *, note: str = "") -> None:
+        super().__init__(f"refused: {refusal}: {detail}")
+        self.refusal = refusal
+        self.detail = detail
+        self.note = note
+
+
 def parse_time(text: str) -> int:
     """``now``, Unix seconds, or ISO 8601 with a UTC offset (``2025-06-01T09:00:00Z``)."""
     if text == "now":
@@ -316,12 +350,18 @@ def _private_dir(path: Path) -> Path:
 
 
 def _handler(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn file-system and value errors at the edge into ``CliError`` (one line, exit 1)."""
+    """Turn file-system and value errors at the edge into ``CliError`` (one line, exit 1), and
+    a gateway's refusal into its one line and exit 3."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
+        except GatewayRefusedError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            if exc.note:
+                _say(exc.note)
+            return EXIT_REFUSED
         except KeysError:
             raise
         except OSError as exc:
@@ -749,15 +789,35 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
         }
     )
     _say(f"wrote {key_path} (0600) and the key change {out}; hand the key change to the officers")
-    if csr_path is not None:
-        _say(f"send {csr_path} to the CA (keys certify) for the new certificate")
-    if use is not KeyUse.ENCRYPT:
-        _say(
-            f"adapter.toml still names the current {use.value} key: switching to {relative} at "
-            f"{iso(plan.active_from)} is the adapter's pick-up (issue 6 item 2, not implemented "
-            "yet)"
-        )
+    _say(_switch_note(use, relative, iso(plan.active_from), n))
     return 0
+
+
+def _switch_note(use: KeyUse, relative: str, active_from: str, n: int) -> str:
+    """What happens to the new key once the officers published it (stderr advice)."""
+    when = f"from its active_from on (planned: {active_from})"
+    no_edit = "(no edit of adapter.toml, no restart)"
+    refresh = f"after its next directory refresh {no_edit}"
+    match use:
+        case KeyUse.SIGN:
+            return f"the adapter signs with {relative} {when}, {refresh}"
+        case KeyUse.ENCRYPT:
+            return (
+                "the adapter opens messages with every key in [keys] encrypt; senders seal to "
+                f"{relative} {when}, after their next directory refresh"
+            )
+        case KeyUse.TLS:
+            return (
+                f"send keys/tls-{n}.csr to the CA (keys certify): the adapter presents the new "
+                f"certificate {when}, {refresh}; put the CA's certificate beside it as "
+                f"keys/tls-{n}.crt before then"
+            )
+        case KeyUse.TOKEN:
+            return (
+                "approach issue/revoke and the ZGW coordinator adapter sign with the newest "
+                f"usable token key: {relative} {when}, after their next directory refresh "
+                f"{no_edit}"
+            )
 
 
 # --- keys prune ----------------------------------------------------------------------------
@@ -1101,38 +1161,140 @@ def _deployment_bundle_folders(deployment: Path) -> list[Path]:
     return folders
 
 
-def _gateway_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The mTLS context for ``--gateway https://…``: a partner's certificate (``--partner-dir``
-    or ``--tls-cert``/``--tls-key``/``--trust-anchor``); ``None`` for the operator listener's
-    plain ``http://``."""
+def _write_folders(
+    bundle: DirectoryBundle, deployment: Path, *, at_gateway: str | None
+) -> list[str]:
+    """Write ``bundle`` into the deployment's ``directory/`` and every partner folder's; the
+    folders written. A folder that cannot be written ends the verb with a ``CliError`` that
+    says which folders hold the bundle and, when ``at_gateway``, that the gateway serves it."""
+    written: list[str] = []
+    for folder in _deployment_bundle_folders(deployment):
+        try:
+            write_bundle(bundle, folder)
+        except OSError as exc:
+            if written:
+                fix = f"copy the bundle from {written[0]} into the folders not written"
+            elif at_gateway:
+                # Published again, the proposal would be signed anew with the same versions,
+                # which the gateway refuses as directory_mismatch: take back what it serves.
+                fix = "write the bundle the gateway serves (GET /v1/directory) into them"
+            else:
+                fix = "nothing was written; run the verb again once it is writable"
+            served = (
+                f"the gateway at {at_gateway} serves the new version, but " if at_gateway else ""
+            )
+            raise CliError(
+                f"{served}writing {folder} failed: {exc.strerror or exc}; written: "
+                f"{', '.join(written) or 'none'}; {fix}"
+            ) from None
+        written.append(str(folder))
+    return written
+
+
+def _adapter_tls(folder: Path) -> dict[str, Any]:
+    """``adapter.toml``'s ``[tls]`` table (empty without the file or the table)."""
+    toml = folder / ADAPTER_TOML
+    if not toml.exists():
+        return {}
+    try:
+        table = tomllib.loads(toml.read_text(encoding="utf-8")).get("tls", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"{toml}: not valid TOML: {exc}") from None
+    return table if isinstance(table, dict) else {}
+
+
+def _configured_tls(args: argparse.Namespace, folder: Path | None) -> TlsFiles:
+    """The client pair the options name: each of ``--tls-cert``, ``--tls-key`` and
+    ``--trust-anchor``, else the partner folder's ``adapter.toml`` ``[tls]`` entry (relative to
+    the folder), else the adapter's defaults ``keys/tls.crt``, ``keys/tls.key``,
+    ``trust/ca.crt``."""
+    table = _adapter_tls(folder) if folder is not None else {}
+
+    def named(option: str | None, entry: str, default: str) -> Path | None:
+        if option:
+            return Path(option)
+        if folder is None:
+            return None
+        value = table.get(entry, default)
+        return folder / (value if isinstance(value, str) else default)
+
+    cert = named(args.tls_cert, "cert", "keys/tls.crt")
+    key = named(args.tls_key, "key", "keys/tls.key")
+    anchors: list[Path] = [Path(a) for a in args.trust_anchor or ()]
+    if not anchors and folder is not None:
+        listed = table.get("trust_anchors", ["trust/ca.crt"])
+        anchors = (
+            [folder / a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
+        )
+    if cert is None or key is None or not anchors:
+        raise CliError(
+            "--gateway https://… needs --partner-dir, or --tls-cert, --tls-key and --trust-anchor"
+        )
+    try:
+        source = PassphraseSource.parse(args.tls_passphrase) if args.tls_passphrase else None
+    except ValueError as exc:
+        raise CliError(f"--tls-passphrase: {exc}") from None
+    return TlsFiles(
+        certificate=cert, private_key=key, trust_anchors=tuple(anchors), passphrase=source
+    )
+
+
+def _presented_tls(configured: TlsFiles, folder: Path, partner_id: str, now: int) -> TlsFiles:
+    """The pair the partner's adapter would present at ``now`` (``keys.tlspairs``): the newest
+    of the configured pair's family that the folder's verified directory lists as usable; the
+    configured pair when none qualifies or the directory does not verify (with a warning)."""
+    try:
+        directory, _ = verified_directory(folder / "directory", now)
+        choice = choose_tls_pair(configured, directory, partner_id, now)
+    except (KeysError, OSError) as exc:
+        reason = exc.reason.value if isinstance(exc, KeysError) else "unreadable"
+        _say(
+            f"warning: cannot tell which TLS pair of {folder} to present ({reason}: {exc}); "
+            f"presenting {configured.certificate}"
+        )
+        return configured
+    for skipped in choice.skipped:
+        # A successor before its active_from, or a retired predecessor, is no news.
+        if skipped.kind is not SkipKind.NOT_USABLE:
+            _say(
+                f"warning: not presenting {skipped.certificate} ({skipped.kind}): {skipped.detail}"
+            )
+    if choice.pair is None:
+        return configured
+    if choice.pair.files.certificate != configured.certificate:
+        _say(f"presenting {choice.pair.files.certificate} (tls key {choice.pair.kid[:16]})")
+    return choice.pair.files
+
+
+def _gateway_context(
+    args: argparse.Namespace, now: int, partner_id: str | None = None
+) -> ssl.SSLContext | None:
+    """The mTLS context for ``--gateway https://…``; ``None`` for the operator listener's plain
+    ``http://``.
+
+    The client pair is a partner's: ``--tls-cert``/``--tls-key``/``--trust-anchor``, or
+    ``--partner-dir``'s configured ``[tls]`` pair (``_configured_tls``). With ``--partner-dir``
+    and neither ``--tls-cert`` nor ``--tls-key``, the pair presented is the one the partner's
+    adapter presents at ``now`` (``_presented_tls``), so a rotated certificate is used from its
+    key's ``active_from`` on, and one whose key retired is not. ``partner_id`` defaults to the
+    folder's ``adapter.toml`` ``[partner] id`` (else its name).
+    """
     url: str = args.gateway
     if url.startswith("http://"):
         return None
     if not url.startswith("https://"):
         raise CliError(f"--gateway {url}: not an https:// (or operator http://) URL")
     folder = Path(args.partner_dir) if args.partner_dir else None
-    cert = args.tls_cert or (folder / "keys" / "tls.crt" if folder else None)
-    key = args.tls_key or (folder / "keys" / "tls.key" if folder else None)
-    anchors = args.trust_anchor or ([folder / "trust" / "ca.crt"] if folder else [])
-    if cert is None or key is None or not anchors:
-        raise CliError(
-            "--gateway https://… needs --partner-dir, or --tls-cert, --tls-key and --trust-anchor"
-        )
-    source = PassphraseSource.parse(args.tls_passphrase) if args.tls_passphrase else None
-    files = TlsFiles(
-        certificate=Path(cert),
-        private_key=Path(key),
-        trust_anchors=tuple(Path(a) for a in anchors),
-        passphrase=source,
-    )
+    files = _configured_tls(args, folder)
+    if folder is not None and not args.tls_cert and not args.tls_key:
+        files = _presented_tls(files, folder, _partner_id(folder, partner_id), now)
     return client_context(files)
 
 
-def post_bundle(url: str, data: bytes, context: ssl.SSLContext | None) -> dict[str, Any]:
-    """``POST`` an encoded bundle to a gateway (``URL/v1/directory``, or ``URL/directory`` on
-    the operator listener); the gateway's answer. Raises ``DirectoryError`` with the gateway's
-    reason when it refuses, ``CliError`` when it cannot be reached."""
-    path = "/v1/directory" if context is not None else "/directory"
+def _post(url: str, path: str, data: bytes, context: ssl.SSLContext | None) -> tuple[int, bytes]:
+    """``POST`` ``data`` (JSON) to ``URL`` + ``path``; the status and the body, also of an
+    error status. Raises ``CliError`` when the gateway cannot be reached (nothing was sent), and
+    ``GatewayUnansweredError`` when the request went out but no answer came back."""
     # The scheme is http or https: ``_gateway_context`` refused any other before this.
     request = urllib.request.Request(  # noqa: S310
         url.rstrip("/") + path,
@@ -1144,24 +1306,58 @@ def post_bundle(url: str, data: bytes, context: ssl.SSLContext | None) -> dict[s
         with urllib.request.urlopen(  # noqa: S310 - http(s) only, checked above
             request, timeout=GATEWAY_TIMEOUT_S, context=context
         ) as r:
-            answer: dict[str, Any] = json.loads(r.read())
-            return answer
+            status: int = r.status
+            return status, r.read()
     except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            document = json.loads(body)
-            reason = KeysReason(document["reason"])
-            detail = str(document.get("detail", document.get("title", "")))
-        except (ValueError, KeyError, TypeError):
-            raise CliError(f"the gateway answered {exc.code}: {body[:200]!r}") from None
-        raise DirectoryError(f"the gateway refused the bundle: {detail}", reason) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise CliError(f"cannot reach the gateway at {url}: {exc}") from None
+        return exc.code, exc.read()
+    except urllib.error.URLError as exc:
+        # urllib wraps what fails while connecting and sending: the request did not arrive.
+        raise CliError(f"cannot reach the gateway at {url}: {exc.reason}") from None
+    except OSError as exc:
+        # What fails afterwards (waiting for or reading the answer) is not wrapped.
+        raise GatewayUnansweredError(
+            f"the gateway at {url} did not answer ({exc}); it may have acted on the request"
+        ) from None
+
+
+def _answer(status: int, body: bytes) -> dict[str, Any]:
+    """The gateway's JSON answer (a result, or the problem document of a refusal); raises
+    ``CliError`` for anything else (not the gateway, or a proxy's error page)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise CliError(f"the gateway answered {status}: {body[:200]!r}")
+    return answer
+
+
+def _refused(status: int, answer: dict[str, Any]) -> GatewayRefusedError:
+    reason = str(answer.get("reason") or f"http_{status}")
+    detail = str(answer.get("detail") or answer.get("title") or "")
+    return GatewayRefusedError(reason, detail)
+
+
+def post_bundle(url: str, data: bytes, context: ssl.SSLContext | None) -> dict[str, Any]:
+    """``POST`` an encoded bundle to a gateway (``URL/v1/directory``, or ``URL/directory`` on
+    the operator listener); the gateway's answer (``version``, ``partners``). A gateway takes a
+    bundle it already has again, with the same answer.
+
+    Raises ``GatewayRefusedError`` with the gateway's reason (``directory_rollback``,
+    ``directory_timestamp_stale``, …) when it refuses, ``CliError`` when it cannot be reached
+    or does not answer JSON.
+    """
+    path = "/v1/directory" if context is not None else "/directory"
+    status, body = _post(url, path, data, context)
+    answer = _answer(status, body)
+    if status >= 400:
+        raise _refused(status, answer)
+    return answer
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    context = _gateway_context(args) if args.gateway else None
     now = _now(args)
+    context = _gateway_context(args, now) if args.gateway else None
     deployment = Path(args.deployment)
     path = Path(args.proposal)
     proposal = _load_proposal(path)
@@ -1192,16 +1388,32 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         repo.refresh_snapshot(authority, now)
     bundle = repo.bundle()
     # What clients will do, done first: a bundle the deployment's own trusted root refuses is
-    # never written anywhere.
+    # never written or sent anywhere.
     trusted = TrustedDirectory.load(deployment / "directory")
     directory = trusted.update(bundle, now)
-    written = []
-    for folder in _deployment_bundle_folders(deployment):
-        write_bundle(bundle, folder)
-        written.append(str(folder))
     gateway: dict[str, Any] | None = None
     if args.gateway:
-        gateway = post_bundle(args.gateway, encode_bundle(bundle), context)
+        # The gateway first: the folders get the version only once the gateway took it, so a
+        # refusal or an outage leaves the proposal publishable again, as it was.
+        kept = (
+            "nothing was written to the deployment's folders; the proposal can be published again"
+        )
+        try:
+            gateway = post_bundle(args.gateway, encode_bundle(bundle), context)
+        except GatewayRefusedError as exc:
+            exc.note = kept
+            raise
+        except GatewayUnansweredError as exc:
+            # Published again, the proposal gets a new snapshot and timestamp with the same
+            # versions, which a gateway that took this one refuses (directory_mismatch).
+            raise CliError(
+                f"{exc}; nothing was written to the deployment's folders. If the gateway "
+                "serves the new version (GET /v1/directory), write that bundle into them; "
+                "otherwise publish the proposal again"
+            ) from None
+        except CliError as exc:
+            raise CliError(f"{exc}; {kept}") from None
+    written = _write_folders(bundle, deployment, at_gateway=args.gateway)
     _out(
         {
             "published": {"targets_version": repo.version, "root_version": repo.root_version},
@@ -1212,13 +1424,41 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         }
     )
     _say(
-        f"published directory v{repo.version} (root v{repo.root_version}) into "
-        f"{len(written)} folders"
+        f"published directory v{repo.version} (root v{repo.root_version}) "
         + (
-            f" and to the gateway at {args.gateway}, which serves it now"
+            f"to the gateway at {args.gateway}, which serves it now, and into {len(written)} "
+            "folders"
             if gateway is not None
-            else "; a gateway reading one of them loads it on its next refresh"
+            else f"into {len(written)} folders; a gateway reading one of them loads it on its "
+            "next refresh (or send it: keys directory push)"
         )
+    )
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    now = _now(args)
+    context = _gateway_context(args, now)
+    deployment = Path(args.deployment)
+    folder = _deployment_directory(deployment)
+    bundle = read_bundle(folder)
+    # Not sent if the deployment's own trusted root refuses it (a stale timestamp: refresh it
+    # with keys timestamp --gateway instead).
+    TrustedDirectory.load(folder).update(bundle, now)
+    repo = DirectoryRepository.from_bundle(bundle)
+    answer = post_bundle(args.gateway, encode_bundle(bundle), context)
+    _out(
+        {
+            "pushed": {"targets_version": repo.version, "root_version": repo.root_version},
+            "timestamp_expires": iso(repo.expiry().timestamp),
+            "from": str(folder),
+            "gateway": answer,
+        }
+    )
+    _say(
+        f"sent directory v{repo.version} (root v{repo.root_version}) from {folder} to the "
+        f"gateway at {args.gateway}, which serves it now (a version it already had is taken "
+        "again, unchanged)"
     )
     return 0
 
@@ -1318,6 +1558,7 @@ def _cmd_officer_key(args: argparse.Namespace) -> int:
 
 def _cmd_timestamp(args: argparse.Namespace) -> int:
     now = _now(args)
+    context = _gateway_context(args, now) if args.gateway else None
     deployment = Path(args.deployment)
     repo = _repository(deployment)
     key = load_ed25519_key(args.key, KeyUse.SIGN, _passphrase(args))
@@ -1327,22 +1568,39 @@ def _cmd_timestamp(args: argparse.Namespace) -> int:
         repo.refresh_timestamp(key, now)
     bundle = repo.bundle()
     TrustedDirectory.load(deployment / "directory").update(bundle, now)
-    written = []
-    for folder in _deployment_bundle_folders(deployment):
-        write_bundle(bundle, folder)
-        written.append(str(folder))
+    # Written before it is sent (unlike ``publish``): the deployment's folder is the key
+    # authority's record of what it signed, and the next refresh builds on it. Sent first and
+    # then not written, the next refresh would sign another document with the same version,
+    # which every client refuses as ``directory_mismatch``.
+    written = _write_folders(bundle, deployment, at_gateway=None)
     expiry = repo.expiry()
+    gateway: dict[str, Any] | None = None
+    if args.gateway:
+        resend = (
+            f"the refreshed bundle is in the deployment's {len(written)} folders but not at the "
+            f"gateway: send it with 'ketenpost keys directory push --deployment {deployment} "
+            f"--gateway {args.gateway}' and the same TLS options"
+        )
+        try:
+            gateway = post_bundle(args.gateway, encode_bundle(bundle), context)
+        except GatewayRefusedError as exc:
+            exc.note = resend
+            raise
+        except CliError as exc:
+            raise CliError(f"{exc}; {resend}") from None
     _out(
         {
             "timestamp_expires": iso(expiry.timestamp),
             "snapshot_expires": iso(expiry.snapshot),
             "targets_expires": iso(expiry.targets),
             "written_to": written,
+            "gateway": gateway,
         }
     )
     _say(
         f"refreshed the {'snapshot and ' if args.snapshot else ''}timestamp; "
         f"valid until {iso(expiry.timestamp)}"
+        + (f"; the gateway at {args.gateway} serves it now" if gateway is not None else "")
     )
     return 0
 
@@ -1351,7 +1609,11 @@ def _cmd_timestamp(args: argparse.Namespace) -> int:
 
 
 def _compromise(args: argparse.Namespace) -> int | None:
-    return None if args.compromise_unknown else parse_time(args.compromised_since)
+    if args.compromise_unknown:
+        return None
+    if args.compromised_since is None:
+        raise CliError("revoke needs --compromised-since TIME or --compromise-unknown")
+    return parse_time(args.compromised_since)
 
 
 def _find_key_file(keys_dir: Path, kid: str) -> Path:
@@ -1365,6 +1627,10 @@ def _find_key_file(keys_dir: Path, kid: str) -> Path:
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
     now = _now(args)
+    if args.submit:
+        return _submit_statement(args, now)
+    if not args.kid:
+        raise CliError("revoke needs --kid (the key to revoke)")
     since = _compromise(args)
     out = Path(args.out) if args.out else None
     if args.self:
@@ -1384,21 +1650,29 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
             signing_key=signing_key,
         )
         verify_revocation(statement, directory, now)
-        context = _revocation_gateway_context(args) if args.gateway else None
+        context = _revocation_gateway_context(args, now, partner_id) if args.gateway else None
         create_file_exclusive(out, encode_revocation(statement), PUBLIC_FILE_MODE)
         report = _statement_json(statement, out)
         if args.gateway:
-            status, answer = post_key_revocation(
-                args.gateway, encode_revocation(statement), context
-            )
-            if status >= 400:
+            try:
+                answer, first_time = submit_revocation(
+                    args.gateway, encode_revocation(statement), context
+                )
+            except GatewayRefusedError as exc:
                 _out(report)
-                reason = answer.get("reason") or f"http_{status}"
-                detail = answer.get("detail") or answer.get("title") or ""
-                print(f"ketenpost: error: refused: {reason}: {detail}", file=sys.stderr)
-                _say(f"the statement {out} is kept; the gateway did not record it")
-                return EXIT_REFUSED
+                exc.note = (
+                    f"the statement {out} is kept; the gateway did not record it (send it again: "
+                    "keys revoke --submit)"
+                )
+                raise
+            except CliError as exc:
+                _out(report)
+                raise CliError(
+                    f"{exc}; the statement {out} is kept: send it with 'ketenpost keys revoke "
+                    f"--submit {out} --gateway {args.gateway}' and the same TLS options"
+                ) from None
             report["gateway"] = answer
+            report["already_recorded"] = not first_time
         _out(report)
         _say(
             f"wrote the revocation statement {out}, signed by {signing_path.name}"
@@ -1456,8 +1730,48 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _revocation_gateway_context(args: argparse.Namespace) -> ssl.SSLContext:
-    context = _gateway_context(args)
+def _submit_statement(args: argparse.Namespace, now: int) -> int:
+    """``revoke --submit FILE --gateway URL``: send a statement made before (the gateway was
+    unreachable then, or another partner carries it), exactly as ``--self --gateway`` does."""
+    making = {
+        "--kid": args.kid,
+        "--signing-kid": args.signing_kid,
+        "--out": args.out,
+        "--compromised-since": args.compromised_since,
+        "--compromise-unknown": args.compromise_unknown,
+    }
+    if given := [flag for flag, value in making.items() if value]:
+        raise CliError(
+            f"revoke --submit sends the statement as it is; {', '.join(given)} "
+            "belong to making one (revoke --self)"
+        )
+    if not args.gateway:
+        raise CliError("revoke --submit needs --gateway URL (the partner listener, https://)")
+    path = Path(args.submit)
+    statement = decode_revocation(_read(path, "revocation statement"))
+    context = _revocation_gateway_context(args, now, args.partner)
+    # The canonical encoding, as --self sends it: the gateway names a statement by its hash.
+    answer, first_time = submit_revocation(args.gateway, encode_revocation(statement), context)
+    report = _statement_json(statement, path)
+    report["gateway"] = answer
+    report["already_recorded"] = not first_time
+    _out(report)
+    _say(
+        f"the gateway at {args.gateway} "
+        + (
+            "acts on the statement from now on"
+            if first_time
+            else f"had recorded the statement already (at {iso(answer.get('recorded_at'))})"
+        )
+        + "; hand it to the officers too (keys directory propose --revocation)"
+    )
+    return 0
+
+
+def _revocation_gateway_context(
+    args: argparse.Namespace, now: int, partner_id: str | None = None
+) -> ssl.SSLContext:
+    context = _gateway_context(args, now, partner_id)
     if context is None:
         raise CliError(
             f"--gateway {args.gateway}: a key revocation goes to the partner listener (https://)"
@@ -1471,28 +1785,20 @@ def post_key_revocation(
     """``POST`` a statement to ``URL/v1/keys/revocations``; the status and the JSON answer
     (the recorded revocation, or the problem document of a refusal). Raises ``CliError`` when
     the gateway cannot be reached or answers something else than JSON."""
-    request = urllib.request.Request(  # noqa: S310 - https only, checked by the caller
-        url.rstrip("/") + "/v1/keys/revocations",
-        data=data,
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(  # noqa: S310 - https only, checked by the caller
-            request, timeout=GATEWAY_TIMEOUT_S, context=context
-        ) as r:
-            status, body = r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise CliError(f"cannot reach the gateway at {url}: {exc}") from None
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        raise CliError(f"the gateway answered {status}: {body[:200]!r}")
-    return status, answer
+    status, body = _post(url, "/v1/keys/revocations", data, context)
+    return status, _answer(status, body)
+
+
+def submit_revocation(
+    url: str, data: bytes, context: ssl.SSLContext | None
+) -> tuple[dict[str, Any], bool]:
+    """``post_key_revocation``, with a refusal raised as ``GatewayRefusedError``: the
+    recorded revocation and whether this was the first time (201; 200: recorded before, the
+    same document)."""
+    status, answer = post_key_revocation(url, data, context)
+    if status >= 400:
+        raise _refused(status, answer)
+    return answer, status == 201
 
 
 def _statement_json(statement: KeyRevocation, path: Path) -> dict[str, Any]:
@@ -1521,7 +1827,10 @@ examples:
   ketenpost keys directory propose --deployment ./dev-covenant \\
       --key-change ./dev-covenant/partners/halt/outgoing/key-change-sign-2.json --out p.json
   ketenpost keys directory sign p.json --key ./dev-covenant/officers/directory-1.key
-  ketenpost keys directory publish p.json --deployment ./dev-covenant
+  ketenpost keys directory publish p.json --deployment ./dev-covenant \\
+      --gateway https://127.0.0.1:8443 --partner-dir ./dev-covenant/partners/om
+  ketenpost keys directory push --deployment ./dev-covenant \\
+      --gateway https://127.0.0.1:8443 --partner-dir ./dev-covenant/partners/om
 
 Times (--now, --compromised-since) are Unix seconds or ISO 8601 with an offset.
 Passphrases come from --passphrase file:PATH or env:NAME, never from the command line.
@@ -1561,13 +1870,30 @@ def _add_passphrase(p: argparse.ArgumentParser, what: str = "the key files") -> 
 
 
 def _add_compromise(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+    # Not required by the parser: ``revoke --submit`` sends a statement that has its own.
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--compromised-since", metavar="TIME", help="when the compromise began")
     g.add_argument(
         "--compromise-unknown",
         action="store_true",
         help="the compromise time is unknown: every signature of the key is void",
     )
+
+
+def _add_gateway_tls(p: argparse.ArgumentParser, partner_dir: str = "") -> None:
+    """The client pair for ``--gateway https://…``: a partner folder's (the pair its adapter
+    presents), or the files themselves."""
+    p.add_argument(
+        "--partner-dir",
+        metavar="DIR",
+        help=partner_dir
+        + "mTLS files of this partner folder (its adapter.toml [tls] pair, or the newer "
+        "tls-N pair its directory lists as usable)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM, 0600)")
+    p.add_argument("--trust-anchor", action="append", metavar="FILE", help="CA certificate(s)")
+    p.add_argument("--tls-passphrase", metavar="SOURCE", help="file:PATH or env:NAME")
 
 
 def register(subparsers: SubParsers) -> None:
@@ -1674,21 +2000,24 @@ def register(subparsers: SubParsers) -> None:
     where.add_argument("--deployment", metavar="DIR", help="draft a new proposal from DIR")
     where.add_argument("--proposal", metavar="FILE", help="add the revocation to a proposal")
     where.add_argument("--self", action="store_true", help="the partner's own signed statement")
+    where.add_argument(
+        "--submit",
+        metavar="FILE",
+        help="send a statement made before (revoke --self) to --gateway, as it is; any "
+        "partner may carry it",
+    )
     p.add_argument("--partner", metavar="ID")
-    p.add_argument("--partner-dir", metavar="DIR", help="with --self: the partner's folder")
-    p.add_argument("--kid", required=True, help="the key to revoke")
+    p.add_argument("--kid", help="the key to revoke (required, except with --submit)")
     p.add_argument("--signing-kid", metavar="KID", help="with --self: another own sign key")
     p.add_argument("--out", metavar="FILE", help="the new proposal or statement")
     p.add_argument(
         "--gateway",
         metavar="URL",
         help="with --self: also submit the statement to a running gateway (https:// partner "
-        "port); it acts on it at once. A refusal exits 3",
+        "port); with --submit: the gateway to send it to. It acts on it at once. A refusal "
+        "exits 3",
     )
-    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM)")
-    p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM, 0600)")
-    p.add_argument("--trust-anchor", action="append", metavar="FILE", help="CA certificate(s)")
-    p.add_argument("--tls-passphrase", metavar="SOURCE", help="file:PATH or env:NAME")
+    _add_gateway_tls(p, "with --self: the partner's folder; with --gateway: the ")
     _add_compromise(p)
     _add_passphrase(p, "the signing key (with --self)")
     _add_now(p)
@@ -1714,6 +2043,13 @@ def register(subparsers: SubParsers) -> None:
     p.add_argument("--deployment", required=True, metavar="DIR")
     p.add_argument("--key", required=True, metavar="FILE", help="the timestamp key")
     p.add_argument("--snapshot", action="store_true", help="re-sign the snapshot too")
+    p.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="then send it to a running gateway (https:// partner port, or http:// operator "
+        "port); written locally first, so a failed send is repeated with keys directory push",
+    )
+    _add_gateway_tls(p)
     _add_passphrase(p, "the timestamp key")
     _add_now(p)
 
@@ -1790,17 +2126,32 @@ def _register_directory(verbs: SubParsers) -> None:
     p.add_argument(
         "--gateway",
         metavar="URL",
-        help="also publish to a running gateway (https:// partner port, or http:// operator port)",
+        help="also publish to a running gateway (https:// partner port, or http:// operator "
+        "port), first: the folders are written only once it accepted. A refusal exits 3",
     )
-    p.add_argument("--partner-dir", metavar="DIR", help="mTLS files of this partner folder")
-    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM)")
-    p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM, 0600)")
-    p.add_argument("--trust-anchor", action="append", metavar="FILE", help="CA certificate(s)")
-    p.add_argument("--tls-passphrase", metavar="SOURCE", help="file:PATH or env:NAME")
+    _add_gateway_tls(p)
     p.add_argument(
         "--authority-key", metavar="FILE", help="default: DIR/key-authority/timestamp.key"
     )
     _add_passphrase(p, "the key authority's key")
+    _add_now(p)
+
+    p = _verb(
+        dverbs,
+        "push",
+        "send the deployment's published bundle to a running gateway (again)",
+        _cmd_push,
+        "ketenpost keys directory push --deployment ./dev-covenant "
+        "--gateway https://127.0.0.1:8443 --partner-dir ./dev-covenant/partners/om",
+    )
+    p.add_argument("--deployment", required=True, metavar="DIR")
+    p.add_argument(
+        "--gateway",
+        required=True,
+        metavar="URL",
+        help="https:// partner port, or http:// operator port. A refusal exits 3",
+    )
+    _add_gateway_tls(p)
     _add_now(p)
 
     p = _verb(

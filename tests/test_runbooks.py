@@ -215,6 +215,19 @@ def publish_commands(name: str) -> list[str]:
     return [c for c in commands if "keys directory publish" in c]
 
 
+def bundle_sends(name: str) -> list[str]:
+    """Every command that sends a bundle to the gateway: ``publish``, ``push`` and
+    ``timestamp --gateway``."""
+    commands = re.sub(r"\\\n\s*", " ", "\n".join(blocks(name))).splitlines()
+    return [
+        c
+        for c in commands
+        if "keys directory publish" in c
+        or "keys directory push" in c
+        or ("keys timestamp" in c and "--gateway" in c)
+    ]
+
+
 def _directory(folder: Path) -> Any:
     trusted = TrustedDirectory.load(folder)
     return trusted, trusted.update(read_bundle(folder), int(time.time()))
@@ -231,8 +244,8 @@ def test_every_block_is_run_against_a_gateway(name: str) -> None:
     assert any('--gateway "$GATEWAY"' in body for body in rest)
     assert "gateway.example" not in "\n".join(rest), "a placeholder URL, not $GATEWAY"
     # Each version is published once, to the running gateway: `publish` refuses a proposal
-    # whose version the deployment folder already holds, so a local publish could not be
-    # followed by a second one to the gateway.
+    # whose version the deployment folder already holds (a local publish would need a
+    # `keys directory push` after it).
     publishes = publish_commands(name)
     assert publishes
     assert all('--gateway "$GATEWAY"' in c for c in publishes), publishes
@@ -270,9 +283,10 @@ def test_key_rotation_runbook(tmp_path: Path) -> None:
         "keys/encrypt.key",
         "keys/encrypt-2.key",
     )
-    # Every version went to the running gateway, which took it at once.
+    # Every version went to the running gateway, which took it at once (a refreshed timestamp
+    # and a push of the same bundle again too).
     published = ran.gateway_events("directory_published")
-    assert len(published) == len(publish_commands("key-rotation.md")) == 6
+    assert len(published) == len(bundle_sends("key-rotation.md")) == 8
     # Only ever forward (the first root rotation keeps the targets version: it changes no
     # directory contents).
     versions = [event["version"] for event in published]
@@ -300,6 +314,8 @@ def test_key_rotation_runbook(tmp_path: Path) -> None:
         assert decode_signed(signed).kid == new_token_kid
     # om's own revocation of its encrypt key was recorded by the running gateway at once.
     assert "acts on it from now on" in ran.stderr
+    # Carried again by halt with `revoke --submit`: the same record, already there.
+    assert "had recorded the statement already" in ran.stderr
     assert '"recorded_at"' in ran.stdout
     # The officers' revocation of cjg's sign key: its next message refused at once, the one
     # it had queued purged, and cjg told.
@@ -317,10 +333,12 @@ def test_onboarding_runbook(tmp_path: Path) -> None:
     assert left.role.value == "welfare"
     assert left.left_at is not None
     assert all(k.retire_at is not None for k in left.keys)
-    # Before it left, the directory listed it and its certificate identified it.
-    _, joined = _directory(partner / "directory")
+    # Before it left, the directory listed it and its certificate identified it. (The
+    # partner's own folder holds the newest version by now: its last `send` fetched it.)
+    _, own = _directory(partner / "directory")
+    assert own.version == directory.version
     cert = read_certificate_pem(partner / "keys" / "tls.crt").public_bytes(Encoding.DER)
-    assert identify_peer(cert, joined, int(time.time())).id == "welzijn-velsen"
+    assert identify_peer(cert, own, left.left_at - 1).id == "welzijn-velsen"
     # adapter.toml is the one `adapter configure` wrote, and it loads.
     config = load_partner_dir(partner)
     assert config.partner.id == "welzijn-velsen"
