@@ -728,6 +728,12 @@ class TrustedDirectory:
         self._root = md.signed
         self._floors = RollbackFloors()
         self._top: _TopLevel | None = None
+        # ``current``'s fast path: the root and top-level metadata last found valid by the full
+        # check, and the earliest expiry of their four roles (Unix seconds, rounded down). Until
+        # then no role of that same pair can have expired. Kept by identity, so whatever
+        # replaces the root or the top level (``update``, ``load``, a root rotation) is checked
+        # in full once before the fast path answers for it.
+        self._valid_before: tuple[Root, _TopLevel, int] | None = None
 
     @property
     def root_version(self) -> int:
@@ -783,10 +789,20 @@ class TrustedDirectory:
         ``directory_timestamp_stale`` (``directory_expired`` for root, snapshot, targets).
         """
         top = self._require_top()
-        _check_expired(self._root, now, KeysReason.DIRECTORY_EXPIRED)
+        root = self._root
+        valid = self._valid_before
+        # Every role expires at or after ``valid[2]`` (``is_expired`` is ``now >= expires``),
+        # so before it the full check below could only pass.
+        if valid is not None and valid[0] is root and valid[1] is top and now < valid[2]:
+            return top.directory
+        _check_expired(root, now, KeysReason.DIRECTORY_EXPIRED)
         _check_expired(top.timestamp.signed, now, KeysReason.DIRECTORY_TIMESTAMP_STALE)
         _check_expired(top.snapshot.signed, now, KeysReason.DIRECTORY_EXPIRED)
         _check_expired(top.targets.signed, now, KeysReason.DIRECTORY_EXPIRED)
+        if valid is None or valid[0] is not root or valid[1] is not top:
+            expiry = _expiry(root, top)
+            earliest = min(expiry.root, expiry.timestamp, expiry.snapshot, expiry.targets)
+            self._valid_before = (root, top, earliest)
         return top.directory
 
     def save(self, folder: Path) -> None:
