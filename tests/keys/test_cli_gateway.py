@@ -24,7 +24,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,23 +36,15 @@ from keys import KeyUse
 from keys.keyfile import load_ed25519_key
 from keys.revocation import encode_revocation, sign_revocation
 from keys.signed_directory import TrustedDirectory, encode_bundle, read_bundle
-from tests.gateway.conftest import Deployment, Gw, start_gateway
+from tests import test_key_rotation_live as _live
+from tests.gateway.conftest import Deployment, Gw
+
+# The fixtures of the live key-rotation tests: an own `ketenpost init` deployment and a real
+# gateway (mTLS, SQLite, manual clock) on it.
+own_deployment = _live.own_deployment
+live = _live.live
 
 HOUR = 3_600
-
-
-@pytest.fixture
-def own_deployment(tmp_path: Path) -> Deployment:
-    now = int(time.time())
-    return Deployment(ketenpost.init_deployment(tmp_path / "covenant", now=now), now)
-
-
-@pytest.fixture
-async def live(own_deployment: Deployment, tmp_path: Path) -> AsyncIterator[Gw]:
-    gw_dir = tmp_path / "gw"
-    gw_dir.mkdir()
-    async for gw in start_gateway(own_deployment, gw_dir):
-        yield gw
 
 
 @dataclass
