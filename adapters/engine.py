@@ -69,6 +69,17 @@ Rules kept here:
   durably, to look up every accepted row not yet answered by all recipients; one the gateway
   answers ``unknown_message`` for is resubmitted with the same bytes (docs/operations.md,
   "Backup and restore"). The alarm itself stays until an operator clears it.
+* **Partners' own key revocations** (ADR 0011) are checked here too, not taken from the
+  gateway: after every successful directory refresh ``GET /v1/keys/revocations`` is read and
+  each statement not held yet is verified (``keys.revocation.verify_revocation``) against our
+  own verified directory with the statements held laid over it (``DirectoryKeeper``). One that
+  does not verify is ignored, logged and counted (``key_revocations_invalid``), never applied;
+  a gateway that is unreachable, refuses, or stops serving a statement changes nothing held.
+  Verified statements are kept in ``adapter.db`` (read back at ``open``) and laid over the
+  directory with ``keys.revocation.with_revocations``, so every key check — sender keys at
+  ``accepted_at``, token issuer keys, recipients' encrypt keys when sealing — treats a
+  self-revoked key exactly as a key the directory lists as revoked. We never sign with an own
+  key a statement revokes (``own_sign_key``; an alarm when none is left).
 * **Alarms** (bad receipt, witness inconsistency, refused directory, stale directory, forged
   event, undecodable delivery) are persisted in ``adapter.db``, counted, logged, and turn
   ``/healthz`` red until an operator clears them.
@@ -124,7 +135,14 @@ from adapters.config import AdapterConfig, key_family
 from adapters.directory import DirectoryKeeper, DirectoryUnavailableError, newest_active
 from adapters.errors import AdapterError
 from adapters.metrics import AdapterMetrics
-from adapters.outbox import AdapterStore, NewOutbound, OutboxRow, RetainedCounts, TokenRow
+from adapters.outbox import (
+    AdapterStore,
+    KeyRevocationRow,
+    NewOutbound,
+    OutboxRow,
+    RetainedCounts,
+    TokenRow,
+)
 from adapters.processing_log import ProcessingLog
 from adapters.retention import apply_retention
 from adapters.witness import (
@@ -201,6 +219,12 @@ from keys import (
 )
 from keys.deployment import read_outbox_key
 from keys.keyfile import PassphraseSource, load_ed25519_key, load_encrypt_key, resolve_passphrase
+from keys.revocation import (
+    KeyRevocation,
+    decode_revocation,
+    encode_revocation,
+    statement_hash,
+)
 from keys.tlsidentity import TlsFiles, check_gateway_certificate, client_context
 from keys.tlspairs import SkipKind, TlsPair, choose_tls_pair, describe_pair
 
@@ -274,6 +298,7 @@ class AlarmKind(enum.StrEnum):
     SENDER_EVENT = "sender_event"
     DELIVERY = "delivery"
     GATEWAY_IDENTITY = "gateway_identity"
+    OWN_KEY_REVOKED = "own_key_revoked"
 
 
 @dataclass(frozen=True)
@@ -373,6 +398,11 @@ class _Checked:
 
 class ReceiptInvalidError(AdapterError):
     """An acceptance receipt failed verification."""
+
+
+class OwnKeyRevokedError(AdapterError):
+    """Every own sign key held is revoked by one of our own statements: nothing is signed
+    until a successor key is installed and listed."""
 
 
 class _InclusionPending(Exception):
@@ -488,6 +518,11 @@ class Adapter:
         self._wake = asyncio.Event()
         # The kid of the TLS client certificate presented (``reload_tls``); set by ``open``.
         self._tls_kid: str | None = None
+        # (statement hash, reason) of served statements already logged and counted as invalid:
+        # a gateway serving the same bad statement at every refresh is told once per process.
+        self._invalid_revocations: set[tuple[str, str]] = set()
+        # True while ``_check_gateway_peer`` refreshes the directory (see ``refresh_directory``).
+        self._judging_peer = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -521,6 +556,7 @@ class Adapter:
     async def open(self) -> None:
         self._store = AdapterStore(self.config.path(self.config.store.path))
         self._plog = ProcessingLog(self._store, self.partner_id, self.current_directory)
+        self._hold_stored_revocations()
         now = self.clock.now()
         self.directory.load_local(now)
         # The newest own certificate the directory lists; the configured one when none
@@ -598,7 +634,13 @@ class Adapter:
         problem = ""
         for attempt in range(2):
             if attempt:
-                await self.refresh_directory()
+                # Not the key revocations: they come over a pinned connection, which would be
+                # judged by this very check. The next regular refresh reads them.
+                self._judging_peer = True
+                try:
+                    await self.refresh_directory()
+                finally:
+                    self._judging_peer = False
             try:
                 directory = self.current_directory()
             except DirectoryUnavailableError as exc:
@@ -1422,11 +1464,16 @@ class Adapter:
 
     async def refresh_directory(self) -> bool:
         """Fetch and verify the gateway's bundle; keep the last good one if it is refused.
+        After a successful refresh, read and verify the partners' own key revocations
+        (``refresh_key_revocations``) — except while judging the gateway's certificate
+        (``_check_gateway_peer``), whose refresh comes over the unpinned session.
 
         Then choose the own TLS certificate again (``reload_tls``) — also when the refresh
         failed: a successor listed by the directory held may have reached its ``active_from``.
         """
         refreshed = await self._refresh_directory()
+        if refreshed and not self._judging_peer:
+            await self.refresh_key_revocations()
         self.reload_tls()
         return refreshed
 
@@ -1446,6 +1493,83 @@ class Adapter:
         self.metrics.directory(self.directory.version, stale=False)
         self.reload_keys()
         return True
+
+    def _hold_stored_revocations(self) -> None:
+        """Hold the statements verified before (``adapter.db``) — before anything is checked."""
+        statements = []
+        for row in self.store.key_revocations():
+            try:
+                statements.append(decode_revocation(row.statement))
+            except KeysError as exc:  # our own file, written by us: a person must look
+                self.alarm(AlarmKind.DIRECTORY_REFUSED, f"stored key revocation: {exc}")
+        self.directory.hold_revocations(statements)
+        self.metrics.key_revocations(len(self.directory.revocations))
+
+    async def refresh_key_revocations(self) -> int:
+        """Read ``GET /v1/keys/revocations``, verify each statement not held yet against our
+        own directory and hold (and keep) those that verify. Returns how many were adopted.
+        A gateway that cannot be reached or refuses changes nothing; a statement that does
+        not verify is logged and counted, never applied."""
+        now = self.clock.now()
+        try:
+            served = await self.client.key_revocations()
+        except (AdapterError, KeyError, TypeError) as exc:
+            logger.warning("key_revocations_fetch_failed", extra={"detail": str(exc)})
+            return 0
+        statements: list[KeyRevocation] = []
+        for item in served:
+            try:
+                raw = msgspec.json.encode(item["statement"])
+                statements.append(decode_revocation(raw))
+            except (KeysError, KeyError, TypeError, msgspec.EncodeError) as exc:
+                self._invalid_revocation(
+                    hashlib.sha256(repr(item).encode()).hexdigest(), "malformed", str(exc)
+                )
+        try:
+            intake = self.directory.adopt_revocations(statements, now)
+        except DirectoryUnavailableError as exc:
+            logger.warning("key_revocations_unverified", extra={"detail": str(exc)})
+            return 0
+        for refused in intake.refused:
+            self._invalid_revocation(refused.statement_hash, refused.reason, refused.detail)
+        if intake.adopted:
+            self.store.add_key_revocations(
+                KeyRevocationRow(
+                    statement_hash=statement_hash(st),
+                    partner=st.partner,
+                    kid=st.kid,
+                    statement=encode_revocation(st),
+                    verified_at=now,
+                )
+                for st in intake.adopted
+            )
+            # A token's signature check is cached; its issuer key may be one just revoked.
+            self._token_cache.clear()
+            for st in intake.adopted:
+                # Only allowed log fields (``adapters.cli.ADAPTER_LOG_FIELDS``); the times and
+                # the statement's name go in the one-line detail.
+                logger.warning(
+                    "key_revoked_by_partner",
+                    extra={
+                        "partner": st.partner,
+                        "kid": st.kid,
+                        "detail": f"revoked_at={st.revoked_at} "
+                        f"compromised_since={st.compromised_since} "
+                        f"statement={statement_hash(st)}",
+                    },
+                )
+        self.metrics.key_revocations(len(self.directory.revocations))
+        return len(intake.adopted)
+
+    def _invalid_revocation(self, digest: str, reason: str, detail: str) -> None:
+        if (digest, reason) in self._invalid_revocations:
+            return
+        self._invalid_revocations.add((digest, reason))
+        self.metrics.key_revocation_invalid(reason)
+        logger.warning(
+            "key_revocation_invalid",
+            extra={"reason": reason, "detail": f"statement={digest}: {detail}"},
+        )
 
     def reload_keys(self) -> None:
         """Re-read the partner's key files (a rotated key written beside the old one); keep
@@ -1537,15 +1661,32 @@ class Adapter:
 
     def own_sign_key(self, directory: Directory | None, now: int) -> Ed25519KeyPair:
         """The newest own sign key the directory lists as active at ``now`` (the last good
-        directory when ``None``); the configured one when none is (or no directory is)."""
+        directory when ``None``); the configured one when none is (or no directory is).
+
+        Never a key one of our own revocation statements names, from any time on (even one
+        whose ``revoked_at`` is still ahead within the clock skew): raises
+        ``OwnKeyRevokedError``, after an alarm, when no other key is left.
+        """
+        revoked = self.directory.revoked_kids(self.partner_id)
+        keys = tuple(
+            k for k in self.identity.sign_keys or (self.identity.sign_key,) if k.kid not in revoked
+        )
+        chosen: Ed25519KeyPair | None = None
         if directory is None:
-            try:
+            with contextlib.suppress(DirectoryUnavailableError):
                 directory = self.directory.current(now)
-            except DirectoryUnavailableError:
-                return self.identity.sign_key
-        keys = self.identity.sign_keys or (self.identity.sign_key,)
-        chosen = newest_active(keys, directory, self.partner_id, KeyUse.SIGN, now)
-        return chosen if chosen is not None else self.identity.sign_key
+        if directory is not None:
+            chosen = newest_active(keys, directory, self.partner_id, KeyUse.SIGN, now)
+        if chosen is not None:
+            return chosen
+        if self.identity.sign_key.kid not in revoked:
+            return self.identity.sign_key
+        detail = (
+            f"our sign key {self.identity.sign_key.kid} is revoked by our own statement and "
+            "no successor is held: install and list a new sign key"
+        )
+        self.alarm(AlarmKind.OWN_KEY_REVOKED, detail)
+        raise OwnKeyRevokedError(detail)
 
     async def witness_once(self) -> None:
         """Fetch the gateway's head checkpoint and check it against every one kept."""

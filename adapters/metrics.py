@@ -117,6 +117,19 @@ class AdapterMetrics:
             "notAfter of the TLS client certificate presented to the gateway.",
             registry=r,
         )
+        self._key_revocations = Gauge(
+            PREFIX + "key_revocations",
+            "Partners' own key revocation statements verified by this adapter and applied to "
+            "its directory (ADR 0011).",
+            registry=r,
+        )
+        self._key_revocations_invalid = Counter(
+            PREFIX + "key_revocations_invalid",
+            "Key revocation statements served by the gateway that did not verify and were "
+            "ignored, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self._tls_switches = Counter(
             PREFIX + "tls_key_switches",
             "Switches to another TLS client certificate without a restart (a rotated tls key).",
@@ -178,6 +191,12 @@ class AdapterMetrics:
             self._tls_expiry.set(not_after)
         if switched:
             self._tls_switches.inc()
+
+    def key_revocations(self, held: int) -> None:
+        self._key_revocations.set(held)
+
+    def key_revocation_invalid(self, reason: str) -> None:
+        self._key_revocations_invalid.labels(reason).inc()
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's value (0 if absent), for tests and ``/healthz``."""

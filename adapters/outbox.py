@@ -27,6 +27,9 @@ Rules kept here:
   rows, pseudonym mapping, processing-log records and the token with its private part are
   deleted in one transaction; ``secure_delete`` zeroes them in the file and the WAL is
   truncated after, so nothing of the subject lingers in free pages.
+* **Key revocations** (migration 4): partners' own key revocation statements the engine
+  verified, never updated or deleted (``INSERT OR IGNORE`` by statement hash); read back in
+  the order they were verified.
 * Migrations are versioned by ``PRAGMA user_version`` and only ever appended to ``MIGRATIONS``.
 * Calls are synchronous and short (a local file); the engine runs them on its event loop.
 """
@@ -170,6 +173,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE tokens ADD COLUMN retention_until INTEGER;
     CREATE INDEX tokens_retention ON tokens (retention_until);
     """,
+    # 4: partners' own key revocations (ADR 0011) this adapter verified, as their statement
+    # files hold them, so a restart (or a gateway that stops serving one) never forgets one.
+    """
+    CREATE TABLE key_revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        statement_hash TEXT NOT NULL UNIQUE,
+        partner TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        statement BLOB NOT NULL,
+        verified_at INTEGER NOT NULL
+    );
+    """,
 )
 
 OUTBOX_STATES: Final = ("queued", "sent", "accepted", "disputed", "refused")
@@ -297,6 +312,18 @@ class ProcessingRow:
     data_subject_id: str | None
     end_ms: int
     record: str
+
+
+@dataclass(frozen=True)
+class KeyRevocationRow:
+    """A verified key revocation statement: its exact statement file bytes
+    (``keys.revocation.encode_revocation``) and what it is looked up by."""
+
+    statement_hash: str
+    partner: str
+    kid: str
+    statement: bytes
+    verified_at: int
 
 
 @dataclass(frozen=True)
@@ -796,6 +823,30 @@ class AdapterStore:
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
+
+    # -- key revocations -----------------------------------------------------------------
+
+    def add_key_revocations(self, rows: Iterable[KeyRevocationRow]) -> int:
+        """Keep verified statements in one transaction (one already kept stays as it is).
+        Returns how many were new."""
+        added = 0
+        with self.transaction() as db:
+            for row in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO key_revocations "
+                    "(statement_hash, partner, kid, statement, verified_at) VALUES (?, ?, ?, ?, ?)",
+                    (row.statement_hash, row.partner, row.kid, row.statement, row.verified_at),
+                )
+                added += cur.rowcount
+        return added
+
+    def key_revocations(self) -> list[KeyRevocationRow]:
+        """Every statement kept, in the order it was verified."""
+        rows = self._db.execute(
+            "SELECT statement_hash, partner, kid, statement, verified_at FROM key_revocations "
+            "ORDER BY seq"
+        ).fetchall()
+        return [KeyRevocationRow(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
 
     # -- processing log ------------------------------------------------------------------
 
