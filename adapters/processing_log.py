@@ -39,8 +39,8 @@ Rules kept here (the standard's text: Logius-standaarden/logboek-dataverwerkinge
   span id) and the *applied* span is known before the partner system is called.
 * The subjects of a rejection are logged only when the envelope opened (its header signature
   verified): an unverified header could plant a pseudonym in our log.
-* Records are never changed; deleting them at the approach's retention deadline is issue 8
-  item 1 (not yet built).
+* Records are never changed; they are deleted with everything else of the approach at its
+  retention deadline (``AdapterStore.apply_retention``, table ``processing_log``).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -101,10 +102,16 @@ def default_mark_path(sqlite_path: Path) -> Path:
 
 
 class MarkFile:
-    """The mark on disk. Reads and writes are small and synchronous (a local file)."""
+    """The mark on disk. Reads and writes are small and synchronous (a local file).
+
+    ``advance`` and ``reset`` hold one lock across their read and write, so they may run on
+    worker threads (``serve`` advances off the event loop): two advances never interleave, and
+    a smaller head can never be renamed over a larger one that was recorded in between.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.Lock()
 
     def read(self) -> PublishedMark | None:
         """The recorded mark; None when nothing was recorded yet. Raises ``PublishedError``."""
@@ -123,23 +130,26 @@ class MarkFile:
         return PublishedMark.from_json(doc.get("published"))
 
     def advance(self, head: AuditHead) -> bool:
-        """Record ``head`` if it is larger than the recorded mark; True if it was written."""
-        current = self.read()
-        if current is not None and head.size <= current.size:
-            return False
-        self._write({"format": MARK_FORMAT, "published": PublishedMark.of(head).to_json()})
-        return True
+        """Record ``head`` if it is larger than the recorded mark; True if it was written.
+        Thread-safe: read, compare and write happen under the file's lock."""
+        with self._lock:
+            current = self.read()
+            if current is not None and head.size <= current.size:
+                return False
+            self._write({"format": MARK_FORMAT, "published": PublishedMark.of(head).to_json()})
+            return True
 
     def reset(self, head: AuditHead, previous: PublishedMark) -> None:
         """After an explained restore: the mark becomes ``head``; ``previous`` is kept beside
         it as the record of what was published before."""
-        self._write(
-            {
-                "format": MARK_FORMAT,
-                "published": PublishedMark.of(head).to_json(),
-                "previous": previous.to_json(),
-            }
-        )
+        with self._lock:
+            self._write(
+                {
+                    "format": MARK_FORMAT,
+                    "published": PublishedMark.of(head).to_json(),
+                    "previous": previous.to_json(),
+                }
+            )
 
     def _write(self, doc: dict[str, Any]) -> None:
         data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()

@@ -79,6 +79,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
@@ -498,8 +499,13 @@ class Relay:
         self.metrics = metrics
         self.clock = clock
         self.rate = RateLimiter(limits.rate_per_s, limits.rate_burst)
-        # Verified token signatures by token hash: the one cache the design allows.
+        # Verified token signatures by token hash: the one cache the design allows. Used by the
+        # event loop (registration, revocation) and by the store's writer thread (the token
+        # check runs inside the accept transaction), hence the lock. A token past its
+        # retention deadline is never served from it and is dropped by ``sweep_expired``: its
+        # pseudonyms must not outlive the deadline in memory either (docs/privacy.md).
         self._token_cache: OrderedDict[str, ApproachToken] = OrderedDict()
+        self._token_cache_lock = threading.Lock()
         self._policies: dict[str, Policy] = {}
         self._hashed_directory: Directory | None = None
         self._hashed_policy = ""
@@ -832,15 +838,37 @@ class Relay:
         return sealed
 
     def _verified_token(self, row: TokenRow, directory: Directory) -> ApproachToken:
-        cached = self._token_cache.get(row.token_hash)
-        if cached is not None:
-            self._token_cache.move_to_end(row.token_hash)
-            return cached
+        with self._token_cache_lock:
+            cached = self._token_cache.get(row.token_hash)
+            if cached is not None:
+                if cached.retention_until > self.clock.now():
+                    self._token_cache.move_to_end(row.token_hash)
+                    return cached
+                del self._token_cache[row.token_hash]
         token = verify_token_signature(decode_signed(row.signed), directory)
-        self._token_cache[row.token_hash] = token
-        while len(self._token_cache) > TOKEN_CACHE_SIZE:
-            self._token_cache.popitem(last=False)
+        self._remember_token(row.token_hash, token)
         return token
+
+    def _remember_token(self, token_hash: str, token: ApproachToken) -> None:
+        """Keep a verified token (the least recently used goes first when full); a token past
+        its retention deadline is not kept."""
+        if token.retention_until <= self.clock.now():
+            return
+        with self._token_cache_lock:
+            self._token_cache[token_hash] = token
+            while len(self._token_cache) > TOKEN_CACHE_SIZE:
+                self._token_cache.popitem(last=False)
+
+    def forget_retained_tokens(self) -> int:
+        """Drop every cached token whose retention deadline has passed; how many. Called by
+        ``sweep_expired``, so pseudonyms leave memory within one sweep interval of the deadline
+        even for a token nobody uses any more."""
+        now = self.clock.now()
+        with self._token_cache_lock:
+            gone = [h for h, t in self._token_cache.items() if t.retention_until <= now]
+            for digest in gone:
+                del self._token_cache[digest]
+        return len(gone)
 
     def _policy(self, directory: Directory) -> Policy:
         digest = self._policy_hash(directory)
@@ -994,7 +1022,7 @@ class Relay:
             raise await self._approach_refused(
                 Refusal(Reason.TOKEN_CONFLICT, "another token has this id"), partner, now, token_id
             )
-        self._token_cache[digest] = token
+        self._remember_token(digest, token)
         logger.info("token_registered", extra={"partner": partner.id})
         return Registered(stored, first_time=stored.registered_at == now and stored == row)
 
@@ -1458,7 +1486,9 @@ class Relay:
     async def sweep_expired(self) -> int:
         """Delete undelivered messages past ``expires_at``; each becomes an ``expiry`` sender
         event and an audit entry. Returns how many deliveries ended. Judges the queue against
-        the directory first (``judge_queue``)."""
+        the directory first (``judge_queue``), and drops cached tokens past their retention
+        deadline (``forget_retained_tokens``)."""
+        self.forget_retained_tokens()
         await self._judge_queue_quietly()
         total = 0
         while True:

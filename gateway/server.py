@@ -410,11 +410,14 @@ async def check_restore_guard(
 
 
 async def _record_published(store: RelayStore, marks: MarkFile) -> None:
-    """Advance the published mark to the committed head every ``RECORD_INTERVAL_S``."""
+    """Advance the published mark to the committed head every ``RECORD_INTERVAL_S``. The
+    write and its fsyncs run on a worker thread, off the event loop; a write still running when
+    this task is cancelled finishes there, and ``MarkFile``'s lock makes the final ``advance``
+    wait for it, so the mark never moves back."""
     while True:
         await asyncio.sleep(RECORD_INTERVAL_S)
         try:
-            marks.advance(await store.audit_head())
+            await asyncio.to_thread(marks.advance, await store.audit_head())
         except Exception:  # a failed read or write is retried next interval; serving goes on
             logger.exception("published_mark_failed")
 

@@ -23,7 +23,7 @@ from gateway.retention import RetentionSweeper
 from gateway.store.base import AuditRecord, DeliveryState, TokenRow
 from tests.adapters.conftest import BSN_A, Net, net  # noqa: F401 - fixtures
 from tests.adapters.test_engine_e2e import signal_event, start_approach
-from tests.gateway.conftest import DAY, deployment, gateway  # noqa: F401 - fixtures
+from tests.gateway.conftest import DAY, Gw, deployment, gateway  # noqa: F401 - fixtures
 from tests.gateway.test_store import (  # noqa: F401 - fixtures
     NOW,
     AnyStore,
@@ -70,6 +70,13 @@ def files_containing(db: Path, found: list[bytes]) -> list[str]:
     return hits
 
 
+def cached_pseudonyms(gw: Gw) -> set[str]:
+    """The pseudonyms in the relay's in-memory cache of verified tokens."""
+    # What memory holds is the point, so the private cache itself is read.
+    cache = gw.built.runtime.relay._token_cache
+    return {s.pseudonym for token in cache.values() for s in token.subjects}
+
+
 async def run_traffic(net: Net) -> tuple[str, ...]:  # noqa: F811
     """An approach notice to the police and Halt, a signal from the police to Halt, its
     delivery receipt back to the police. Returns the token's pseudonyms."""
@@ -99,9 +106,15 @@ async def test_after_the_deadline_nothing_of_the_subject_remains(
     assert await sweeper.sweep() == []
     for adapter in net.open_adapters:
         assert (await adapter.retention_once()).tokens == 0
+    relay = gw.built.runtime.relay
+    await relay.sweep_expired()
+    assert set(pseudonyms) <= cached_pseudonyms(gw)  # the verified token is cached
 
     gw.clock.advance(365 * DAY)
     [retained] = await sweeper.sweep()
+    # The relay's periodic sweep drops the cached token too: no pseudonym stays in memory.
+    await relay.sweep_expired()
+    assert cached_pseudonyms(gw) == set()
     counts = {a.partner_id: await a.retention_once() for a in net.open_adapters}
 
     for db in dbs:

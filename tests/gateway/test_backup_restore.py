@@ -32,6 +32,7 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -444,6 +445,40 @@ def test_mark_only_moves_forward(tmp_path: Path) -> None:
     assert not marks.advance(AuditHead(4, b"\x02" * 32, "n4"))
     assert not marks.advance(AuditHead(5, b"\x03" * 32, "n5'"))
     assert marks.read() == PublishedMark(5, b"\x01" * 32, "n5")
+
+
+def test_mark_never_moves_back_when_advanced_from_threads(tmp_path: Path) -> None:
+    """``serve`` advances the mark on worker threads, and a write cancelled at shutdown still
+    runs while the final advance happens: the larger head must win whatever the interleaving.
+    Each thread advances through its own heads in ascending order, as ``serve`` reads them;
+    a watcher reads the file throughout and must never see it shrink."""
+    marks = MarkFile(tmp_path / "m.published")
+    sizes = {t: list(range(t + 1, 400, 8)) for t in range(8)}
+    seen: list[int] = []
+    done = threading.Event()
+
+    def advance(t: int) -> None:
+        for size in sizes[t]:
+            marks.advance(AuditHead(size, size.to_bytes(32, "big"), f"n{size}"))
+
+    def watch() -> None:
+        while not done.is_set():
+            mark = MarkFile(marks.path).read()
+            if mark is not None:
+                seen.append(mark.size)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=advance, args=(t,)) for t in sizes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    watcher.join()
+    top = max(max(v) for v in sizes.values())
+    assert marks.read() == PublishedMark(top, top.to_bytes(32, "big"), f"n{top}")
+    assert seen == sorted(seen), "the mark moved back"
 
 
 # -- the adapter's side: Adapter.recheck_after_restore, in process -----------------------------
