@@ -8,7 +8,15 @@ Rules kept here:
 * No module-level mutable state: ``default_registry()`` builds a fresh registry each call with
   the transports that ship with Ketenpost; tests and embedders build their own.
 * Partner transports are added to ``BUILTIN_TRANSPORTS`` as ``name → "module:function"`` so
-  importing the registry does not import every partner system's dependencies. A partner
+  importing the registry does not import every partner system's dependencies.
+* **Transports of other packages** register themselves without changing Ketenpost: an installed
+  distribution declares ``[project.entry-points."ketenpost.transports"] NAME =
+  "module:function"`` (``TRANSPORT_ENTRY_POINTS``), loaded as lazily as the built-in ones. A
+  built-in name cannot be taken over: installing a package must not replace a partner's
+  adapter, so such an entry point is ignored with a warning. Two packages claiming one name
+  are ambiguous: that name is refused with one line when it is used. A factory that cannot be
+  imported is an ``AdapterConfigError`` naming the transport and its target, not a
+  traceback. A partner
   module also holds ``DEFAULT_SYSTEM_TOML``, the ``[system]`` table of a development
   deployment; ``default_system_toml(role)`` finds it through ``ROLE_TRANSPORTS``.
 * Development secrets (``write_development_secrets``): the secret files a partner system and
@@ -21,6 +29,8 @@ Rules kept here:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
 import secrets
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +46,8 @@ from keys.keyfile import create_file_exclusive
 
 TransportFactory = Callable[[AdapterConfig, Clock], Transport]
 
+logger = logging.getLogger("adapters.registry")
+
 # name → "module:function" of a ``TransportFactory``. Partner adapters add themselves here.
 BUILTIN_TRANSPORTS: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -48,6 +60,9 @@ BUILTIN_TRANSPORTS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 
+
+# The entry-point group through which installed packages add transports.
+TRANSPORT_ENTRY_POINTS: Final = "ketenpost.transports"
 
 # The partner system each covenant role runs, as the IJmond covenant's partners do.
 ROLE_TRANSPORTS: Final[Mapping[Role, str]] = MappingProxyType(
@@ -122,9 +137,13 @@ def write_development_secrets(partners: Sequence[tuple[Role, Path]]) -> list[Pat
 class TransportRegistry:
     """Names → transport factories."""
 
-    def __init__(self, lazy: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, lazy: Mapping[str, str] | None = None, refused: Mapping[str, str] | None = None
+    ) -> None:
         self._lazy = dict(lazy or {})
         self._factories: dict[str, TransportFactory] = {}
+        # name → why it cannot be used (a clash found while collecting entry points).
+        self._refused = dict(refused or {})
 
     def register(self, name: str, factory: TransportFactory) -> None:
         if name in self._factories or name in self._lazy:
@@ -137,12 +156,19 @@ class TransportRegistry:
     def factory(self, name: str) -> TransportFactory:
         if name in self._factories:
             return self._factories[name]
+        if name in self._refused:
+            raise AdapterConfigError(f"transport {name!r}: {self._refused[name]}")
         target = self._lazy.get(name)
         if target is None:
             known = ", ".join(self.names()) or "none"
             raise AdapterConfigError(f"unknown transport {name!r} (known: {known})")
         module_name, _, attribute = target.partition(":")
-        factory: TransportFactory = getattr(importlib.import_module(module_name), attribute)
+        try:
+            factory: TransportFactory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise AdapterConfigError(f"transport {name!r}: cannot load {target}: {exc}") from None
+        if not callable(factory):
+            raise AdapterConfigError(f"transport {name!r}: {target} is not a function")
         self._factories[name] = factory
         return factory
 
@@ -156,5 +182,30 @@ class TransportRegistry:
         return self.factory(name)(config, clock)
 
 
+def installed_transports() -> tuple[dict[str, str], dict[str, str]]:
+    """The transports installed packages declare (``TRANSPORT_ENTRY_POINTS``): name → target,
+    and name → why it is refused (packages disagree on it). Built-in names are skipped."""
+    found: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for entry in importlib.metadata.entry_points(group=TRANSPORT_ENTRY_POINTS):
+        source = entry.dist.name if entry.dist is not None else "an installed package"
+        if entry.name in BUILTIN_TRANSPORTS:
+            logger.warning(
+                "transport_entry_point_ignored",
+                extra={"detail": f"{source} declares the built-in transport {entry.name!r}"},
+            )
+        elif entry.name in found and found[entry.name] != entry.value:
+            refused[entry.name] = (
+                f"installed packages declare it twice ({found[entry.name]} and {entry.value})"
+            )
+        else:
+            found[entry.name] = entry.value
+    for name in refused:
+        found.pop(name, None)
+    return found, refused
+
+
 def default_registry() -> TransportRegistry:
-    return TransportRegistry(BUILTIN_TRANSPORTS)
+    """The built-in transports and those of installed packages (module rules)."""
+    installed, refused = installed_transports()
+    return TransportRegistry({**installed, **BUILTIN_TRANSPORTS}, refused)

@@ -12,7 +12,7 @@ from adapters.cli import EXIT_BAD_CONFIG, register, run_adapter
 from adapters.config import AdapterConfig
 from adapters.errors import AdapterConfigError
 from adapters.outbox import MIGRATIONS, AdapterStore, NewOutbound
-from adapters.registry import TransportRegistry
+from adapters.registry import TransportRegistry, default_registry
 from tests.adapters.fake_system import FakeCaseSystem
 
 
@@ -62,6 +62,50 @@ def test_registry_names_and_errors() -> None:
     with pytest.raises(AdapterConfigError, match="unknown transport 'zgw'"):
         registry.factory("zgw")
     assert registry.names() == ["memory"]
+
+
+def _install(site: Path, dist: str, entry_points: str, module: str = "") -> None:
+    """A real installed distribution in ``site`` (a ``.dist-info`` folder with its
+    ``entry_points.txt``, as pip writes it), plus a module of the same name when given."""
+    info = site / f"{dist}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[ketenpost.transports]\n{entry_points}\n")
+    if module:
+        (site / f"{dist}.py").write_text(module)
+
+
+TRIAL_MODULE = """
+from tests.adapters.test_store_registry_cli import _factory as create_transport
+"""
+
+
+def test_installed_packages_add_transports_by_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = tmp_path / "site"
+    _install(site, "jeugdzorg_trial", "jz-rest = jeugdzorg_trial:create_transport", TRIAL_MODULE)
+    _install(site, "shadow_trial", "zgw = shadow_trial:create_transport", TRIAL_MODULE)
+    _install(site, "twin_a", "twin = twin_a:create_transport")
+    _install(site, "twin_b", "twin = twin_b:create_transport")
+    _install(site, "broken_trial", "broken = broken_trial_missing:create_transport")
+    monkeypatch.syspath_prepend(str(site))
+    with caplog.at_level("WARNING", logger="adapters.registry"):
+        registry = default_registry()
+    names = registry.names()
+    assert {"jz-rest", "broken", "zgw", "police-rest"} <= set(names)
+    # The package's factory is what the name gives.
+    assert registry.factory("jz-rest") is _factory
+    # A built-in name stays the built-in transport, and the clash is logged.
+    assert registry.factory("zgw").__module__ == "adapters.partners.zgw"
+    details = [getattr(r, "detail", "") for r in caplog.records]
+    assert "shadow_trial declares the built-in transport 'zgw'" in details
+    # Two packages claiming one name: refused with one line, not resolved by install order.
+    with pytest.raises(AdapterConfigError, match="transport 'twin': installed packages declare"):
+        registry.factory("twin")
+    # A target that does not import: one line naming the transport and the target.
+    with pytest.raises(AdapterConfigError, match="transport 'broken': cannot load broken_trial"):
+        registry.factory("broken")
 
 
 def test_cli_refuses_a_config_of_another_partner(
