@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
@@ -204,7 +205,12 @@ def run_adapter(args: argparse.Namespace, registry: TransportRegistry | None = N
     try:
         config = load_for(args.partner, args.config)
         clock = SystemClock()
-        transport = (registry or default_registry()).create(config, clock)
+        if registry is None:
+            # Logging before the registry collects installed transports, so a warning of it
+            # (``transport_entry_point_ignored``) is a full JSON line with its detail.
+            configure_adapter_logging()
+            registry = default_registry()
+        transport = registry.create(config, clock)
         adapter = Adapter(
             config,
             transport,
@@ -218,7 +224,18 @@ def run_adapter(args: argparse.Namespace, registry: TransportRegistry | None = N
     configure_adapter_logging()
     try:
         asyncio.run(_run(adapter))
-    except (AdapterError, KeysError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and args.metrics_listen:
+            # The only address the adapter binds is its /metrics listener; 9464 is also the
+            # gateway's default, so two processes on one machine meet here first.
+            return _error(
+                f"cannot listen on {args.metrics_listen} for /metrics and /healthz: the "
+                "address is in use (choose another with --metrics-listen HOST:PORT, or '' "
+                "for none)",
+                EXIT_FAILED,
+            )
+        return _error(exc, EXIT_FAILED)
+    except (AdapterError, KeysError) as exc:
         return _error(exc, EXIT_FAILED)
     return 0
 
