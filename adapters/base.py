@@ -29,6 +29,12 @@ Rules kept here (the contracts; ``docs/adapters.md`` explains them with an examp
   partner system refuses for good (the SDK sends a signed rejection). ``report_refusal`` tells
   the partner system that one of its outbound records was finally refused (by the gateway, by
   a recipient, or by expiry/purge) with the reason; it is idempotent too.
+* **DeliveryReporter** (optional). A destination that also has ``report_delivery`` is told,
+  once per (message, recipient), that one of its outbound records was delivered: the
+  recipient's signed delivery receipt reached us in a verified sender event. Like
+  ``report_refusal`` it is idempotent and raises ``DestinationUnavailableError`` to be asked
+  again later. A destination without it is never asked, and deliveries learnt while it had
+  none are never reported afterwards.
 * Everything here is plain data or a ``Protocol``; no fakes live in this package.
 """
 
@@ -288,6 +294,21 @@ class Refusal:
     recipient: str | None = None
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """That an outbound record reached one recipient, for ``report_delivery``.
+
+    ``at`` (Unix seconds) is the ``at`` of the gateway-signed sender event that carried the
+    recipient's signed delivery receipt: the gateway's audited time at which it took that
+    receipt. It is the time the adapter records for the outcome; the recipient's own
+    ``received_at`` inside the receipt is its claim and is not used here.
+    """
+
+    message_id: str
+    recipient: str
+    at: int
+
+
 @runtime_checkable
 class Destination(Protocol):
     """The partner system's inbound side."""
@@ -301,6 +322,23 @@ class Destination(Protocol):
     async def report_refusal(self, record_id: str, refusal: Refusal) -> None:
         """Tell the partner system its record ``record_id`` was finally refused; idempotent.
         Raises ``DestinationUnavailableError`` to be asked again later."""
+        ...
+
+
+@runtime_checkable
+class DeliveryReporter(Protocol):
+    """What a ``Destination`` MAY also implement to learn that its records were delivered.
+
+    The SDK checks for it with ``isinstance`` when it records a recipient's receipt: a
+    receipt recorded while the destination has no ``report_delivery`` is never reported,
+    also not after a later version adds it (enabling it does not flood the partner system
+    with old deliveries).
+    """
+
+    async def report_delivery(self, record_id: str, delivered: Delivered) -> None:
+        """Tell the partner system its record ``record_id`` was delivered to one recipient
+        (``delivered.recipient``); idempotent, one call per (message, recipient) after it
+        returned. Raises ``DestinationUnavailableError`` to be asked again later."""
         ...
 
 

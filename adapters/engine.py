@@ -64,7 +64,14 @@ Rules kept here:
   again; only the answer is repeated.
 * **Sender events** are verified (gateway signature; the recipient's own signature on an
   embedded receipt or rejection) before their outcome is recorded per outbox row and acked.
-  Rejections, expiries and purges are reported to the partner system.
+  Rejections, expiries and purges are reported to the partner system
+  (``Destination.report_refusal``); receipts are reported as deliveries, one per (message,
+  recipient), when the destination implements ``DeliveryReporter.report_delivery`` at the
+  time the receipt is recorded (a receipt recorded without it is never reported). Every
+  report is marked done only after the call returned, is tried again at the next pass after
+  ``DestinationUnavailableError``, and is never repeated after it succeeded. Refusals and
+  deliveries are reported independently: a partner system that cannot take delivery reports
+  never holds up its refusal reports.
 * **After a gateway restore** (``recheck_after_restore``): a witness alarm on the head asks,
   durably, to look up every accepted row not yet answered by all recipients; one the gateway
   answers ``unknown_message`` for is resubmitted with the same bytes (docs/operations.md,
@@ -113,6 +120,8 @@ import msgspec
 from adapters.base import (
     Approach,
     Clock,
+    Delivered,
+    DeliveryReporter,
     DestinationRejectedError,
     DestinationUnavailableError,
     InboundMessage,
@@ -866,7 +875,7 @@ class Adapter:
             if stop:
                 break
         await self.recheck_inclusions()
-        await self.report_refusals()
+        await self.report_outcomes()
         self.metrics.set_outbox_depth(self.store.outbox_depth())
         return result
 
@@ -1076,6 +1085,12 @@ class Adapter:
             settled += 1
         return settled
 
+    async def report_outcomes(self) -> None:
+        """Tell the partner system about refusals and deliveries not yet reported (both
+        idempotent, each stopping at its first ``DestinationUnavailableError``)."""
+        await self.report_refusals()
+        await self.report_deliveries()
+
     async def report_refusals(self) -> None:
         """Tell the partner system about final refusals not yet reported (idempotent)."""
         destination = self.transport.destination
@@ -1104,6 +1119,28 @@ class Adapter:
                 return
             self.store.mark_outcome_reported(message_id, recipient)
 
+    async def report_deliveries(self) -> None:
+        """Tell the partner system about recipients' receipts not yet reported (idempotent).
+
+        Only receipts recorded while the destination implemented ``DeliveryReporter`` are
+        pending here. One is marked reported only after ``report_delivery`` returned; after
+        ``DestinationUnavailableError`` it and the later ones wait for the next pass. If the
+        destination no longer reports deliveries they are marked reported without a call.
+        """
+        destination = self.transport.destination
+        reporter = destination if isinstance(destination, DeliveryReporter) else None
+        for message_id, recipient, at in self.store.unreported_deliveries():
+            outbox_row = self.store.outbox_row(message_id)
+            if reporter is not None and outbox_row is not None:
+                try:
+                    await reporter.report_delivery(
+                        outbox_row.record_id, Delivered(message_id, recipient, at)
+                    )
+                except DestinationUnavailableError:
+                    return
+                self.metrics.delivery_reported()
+            self.store.mark_outcome_reported(message_id, recipient)
+
     # -- inbound -------------------------------------------------------------------------
 
     async def receive_once(self, wait_s: float = 0.0) -> PassResult:
@@ -1120,7 +1157,7 @@ class Adapter:
         if acks:
             await self.client.send_receipts(acks=acks)
             result.events = len(acks)
-        await self.report_refusals()
+        await self.report_outcomes()
         return result
 
     def _handle_event(self, raw: bytes, message_id: str) -> bool:
@@ -1142,7 +1179,12 @@ class Adapter:
         event = verified.event
         reason = verified.rejection.reason.value if verified.rejection else None
         if self.store.record_outcome(
-            event.message_id, event.recipient, event.kind.value, reason, event.at
+            event.message_id,
+            event.recipient,
+            event.kind.value,
+            reason,
+            event.at,
+            report_delivery=isinstance(self.transport.destination, DeliveryReporter),
         ):
             self.metrics.outcome(event.kind.value)
         return True

@@ -64,6 +64,11 @@ class AdapterMetrics:
         self._outcomes = Counter(
             PREFIX + "outcomes", "Verified sender events, by kind.", ["kind"], registry=r
         )
+        self._delivery_reports = Counter(
+            PREFIX + "delivery_reports",
+            "Deliveries (a recipient's receipt) reported to the partner system.",
+            registry=r,
+        )
         self._failed = Counter(
             PREFIX + "failed_records",
             "Malformed source records put in the failed place.",
@@ -156,6 +161,9 @@ class AdapterMetrics:
 
     def outcome(self, kind: str) -> None:
         self._outcomes.labels(kind).inc()
+
+    def delivery_reported(self) -> None:
+        self._delivery_reports.inc()
 
     def failed_record(self) -> None:
         self._failed.inc()

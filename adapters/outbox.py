@@ -30,6 +30,10 @@ Rules kept here:
 * **Key revocations** (migration 4): partners' own key revocation statements the engine
   verified, never updated or deleted (``INSERT OR IGNORE`` by statement hash); read back in
   the order they were verified.
+* **Outcomes** (one row per outbox message and recipient, from verified sender events) carry
+  ``reported``: 0 until the partner system was told (``Destination.report_refusal``, or
+  ``report_delivery`` for a receipt when the destination reports deliveries) and the call
+  returned; a receipt for a destination that does not report deliveries is stored as 1.
 * Migrations are versioned by ``PRAGMA user_version`` and only ever appended to ``MIGRATIONS``.
 * Calls are synchronous and short (a local file); the engine runs them on its event loop.
 """
@@ -588,14 +592,27 @@ class AdapterStore:
             db.execute("UPDATE outbox SET refusal_reported = 1 WHERE message_id = ?", (message_id,))
 
     def record_outcome(
-        self, message_id: str, recipient: str, kind: str, reason: str | None, at: int
+        self,
+        message_id: str,
+        recipient: str,
+        kind: str,
+        reason: str | None,
+        at: int,
+        *,
+        report_delivery: bool = False,
     ) -> bool:
-        """Keep a sender event's outcome; False if this (message, recipient) was known."""
+        """Keep a sender event's outcome; False if this (message, recipient) was known.
+
+        A refusal (rejection, expiry, purge) is kept unreported. A receipt is kept unreported
+        only when ``report_delivery`` (the destination reports deliveries); otherwise it is
+        kept as reported, so it is never reported, also not after reporting is enabled.
+        """
+        reported = kind == "receipt" and not report_delivery
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO outcomes (message_id, recipient, kind, reason, at, "
                 "reported) VALUES (?, ?, ?, ?, ?, ?)",
-                (message_id, recipient, kind, reason, at, int(kind == "receipt")),
+                (message_id, recipient, kind, reason, at, int(reported)),
             )
             return bool(cur.rowcount)
 
@@ -608,9 +625,18 @@ class AdapterStore:
     def unreported_outcomes(self) -> list[tuple[str, str, str, str | None]]:
         """(message id, recipient, kind, reason) of refusals not yet told to the partner."""
         rows = self._db.execute(
-            "SELECT message_id, recipient, kind, reason FROM outcomes WHERE reported = 0"
+            "SELECT message_id, recipient, kind, reason FROM outcomes "
+            "WHERE reported = 0 AND kind != 'receipt'"
         ).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def unreported_deliveries(self) -> list[tuple[str, str, int]]:
+        """(message id, recipient, at) of receipts not yet told to the partner, oldest first."""
+        rows = self._db.execute(
+            "SELECT message_id, recipient, at FROM outcomes "
+            "WHERE reported = 0 AND kind = 'receipt' ORDER BY at, message_id, recipient"
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def mark_outcome_reported(self, message_id: str, recipient: str) -> None:
         with self.transaction() as db:

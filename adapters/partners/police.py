@@ -3,7 +3,9 @@
 The police system pushes incidents to the adapter's local endpoint; the adapter turns an
 incident about youths in an approach into a ``signal`` for the coordinator and Halt (the only
 police → municipality/Halt type this mapping makes). Inbound case messages are POSTed to the
-police system's webhook; refusals of its incidents to its refusals URL.
+police system's webhook; refusals of its incidents to its refusals URL; and, when
+``incidents_url`` is set, each delivery of an incident's signal to a recipient is annotated on
+that incident in the police system's incident API.
 
 Rules kept here:
 
@@ -28,6 +30,15 @@ Rules kept here:
   ``401``/``403``/``404``/``405``, which mean our configuration or theirs is wrong and a person
   must look — rejecting the message for good would lose it. Any other ``4xx`` is a final
   refusal (``DestinationRejectedError``) with the police system's reason.
+* **Deliveries are annotated on the incident** (optional, ``incidents_url``). Once a
+  recipient's signed delivery receipt reached the adapter, ``POST
+  {incidents_url}/{incidentnummer}/afleveringen`` records "delivered to <recipient>" on the
+  incident the record came from, with ``Idempotency-Key: <message id>:afgeleverd:<recipient>``
+  (one annotation per recipient, however often the SDK asks). Any answer but ``2xx`` (the
+  police system down, ``404`` for an incident it does not know) is asked again later
+  (``DestinationUnavailableError``): there is nothing to reject. Without ``incidents_url`` the
+  destination has no ``report_delivery`` and the police system is told of no deliveries, as
+  before.
 * **Approach-notice → person numbers.** The notice's identifying details go to the webhook;
   the police system matches them (name and date of birth) in its own register and answers with
   ``koppelingen`` (pseudonym → ``persoonsnummer``). Persons it does not know get no mapping.
@@ -55,6 +66,8 @@ from aiohttp import web
 from adapters.base import (
     Applied,
     Clock,
+    Delivered,
+    DestinationUnavailableError,
     InboundMessage,
     MalformedRecordError,
     MappingContext,
@@ -73,6 +86,7 @@ from adapters.partners._rest import (
     check_refusal_answer,
     couplings,
     envelope,
+    reason_text,
     refusal_key,
 )
 from adapters.partners._settings import check_keys, config_error, http_url
@@ -82,6 +96,8 @@ logger = logging.getLogger("adapters.partners.police")
 
 TRANSPORT: Final = "police-rest"
 INCIDENTS_PATH: Final = "/incidenten"
+# Under ``incidents_url``/{incidentnummer}: where a delivery is annotated on the incident.
+DELIVERIES_PATH: Final = "afleveringen"
 
 # What ``ketenpost init`` writes into politie-ijmond's adapter.toml for a development
 # deployment: the fake police system (``adapters.testing.police_fake``) listens on 8462.
@@ -93,6 +109,9 @@ listen = "127.0.0.1:8461"
 # The police system's webhook for inbound case messages, and where refusals are reported.
 webhook_url = "http://127.0.0.1:8462/ketenpost/berichten"
 refusals_url = "http://127.0.0.1:8462/ketenpost/weigeringen"
+# The police system's incident API: deliveries are annotated on the incident
+# (POST …/{incidentnummer}/afleveringen). Empty or left out: no delivery reports.
+incidents_url = "http://127.0.0.1:8462/api/incidenten"
 timeout_s = 10
 connect_timeout_s = 3
 max_body_bytes = 1048576
@@ -106,6 +125,7 @@ _KEYS: Final = frozenset(
         "listen",
         "webhook_url",
         "refusals_url",
+        "incidents_url",
         "timeout_s",
         "connect_timeout_s",
         "max_body_bytes",
@@ -151,6 +171,8 @@ class PoliceSettings:
     listen_port: int
     webhook_url: str
     refusals_url: str
+    # The incident API's base URL for delivery annotations; ``None``: no delivery reports.
+    incidents_url: str | None = None
     timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
     max_body_bytes: int = 1_048_576
@@ -206,6 +228,11 @@ def parse_settings(config: AdapterConfig) -> PoliceSettings:
         listen_port=port,
         webhook_url=http_url(config, "webhook_url", system.get("webhook_url")),
         refusals_url=http_url(config, "refusals_url", system.get("refusals_url")),
+        incidents_url=(
+            None
+            if system.get("incidents_url") in (None, "")
+            else http_url(config, "incidents_url", system["incidents_url"], query=False)
+        ),
         timeout_s=_positive(config, "timeout_s", system.get("timeout_s"), 10.0),
         connect_timeout_s=_positive(
             config, "connect_timeout_s", system.get("connect_timeout_s"), 3.0
@@ -508,6 +535,36 @@ class PoliceDestination:
         check_refusal_answer(status, answer, system=self._http.system)
 
 
+class PoliceDeliveryDestination(PoliceDestination):
+    """``PoliceDestination`` that also annotates deliveries on the incident (``incidents_url``
+    set; implements ``adapters.base.DeliveryReporter``)."""
+
+    def __init__(self, settings: PoliceSettings, http: JsonHttp, incidents_url: str) -> None:
+        super().__init__(settings, http)
+        self._incidents_url = incidents_url.rstrip("/")
+
+    async def report_delivery(self, record_id: str, delivered: Delivered) -> None:
+        number = incident_number_of(record_id)
+        if number is None:
+            # Only a readable incident becomes a message (anything else is malformed), so
+            # this is not reached; were it, there is no incident to annotate.
+            logger.warning("delivery_without_incident", extra={"detail": "no incident number"})
+            return
+        document = {
+            "kenmerk": record_id,
+            "berichtId": delivered.message_id,
+            "status": "afgeleverd",
+            "ontvanger": delivered.recipient,
+            "afgeleverdOp": datetime.datetime.fromtimestamp(delivered.at, datetime.UTC).isoformat(),
+        }
+        key = f"{delivered.message_id}:afgeleverd:{delivered.recipient}"
+        url = f"{self._incidents_url}/{number}/{DELIVERIES_PATH}"
+        status, answer = await self._http.post(url, document, key)
+        if not 200 <= status < 300:
+            detail = f"{self._http.system} answered {status} to a delivery report"
+            raise DestinationUnavailableError(f"{detail}: {reason_text(answer)}")
+
+
 def _misconfigured(detail: str) -> None:
     # A person must look (a URL, the token or a permission is wrong); the message waits.
     logger.error("police_webhook_misconfigured", extra={"detail": detail})
@@ -520,6 +577,9 @@ def create_transport(config: AdapterConfig, clock: Clock) -> Transport:
     http = JsonHttp(
         "police system", timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s
     )
-    return Transport(
-        PoliceSource(settings, http), IncidentMapping(), PoliceDestination(settings, http)
+    destination = (
+        PoliceDestination(settings, http)
+        if settings.incidents_url is None
+        else PoliceDeliveryDestination(settings, http, settings.incidents_url)
     )
+    return Transport(PoliceSource(settings, http), IncidentMapping(), destination)

@@ -9,8 +9,13 @@ What it does, as the police system would:
   each person on name and date of birth in its register and answers with ``koppelingen``
   (pseudonym → persoonsnummer);
 * takes **refusal reports** (``POST /ketenpost/weigeringen``), deduplicated the same way;
+* keeps **delivery annotations** on its incidents (``POST
+  /api/incidenten/{incidentnummer}/afleveringen``: "delivered to <recipient>"), deduplicated
+  the same way (``201`` first, ``200`` for a repeat), which its users see as "Halt has
+  received this referral";
 * can be switched **down** (``"unavailable"``: 503; ``"dropped"``: the connection is closed
-  without an answer) or told to refuse the next message with a reason (422);
+  without an answer), have only its incident API answer 503 (``incidents_down``), or be told
+  to refuse the next message with a reason (422);
 * and **POSTs incidents** to the adapter's local endpoint (``post_incident``), building
   realistic incidents with ``incident(...)``.
 
@@ -64,7 +69,13 @@ class FakePoliceSystem(LocalServer):
     weigeringen: list[dict[str, Any]] = field(default_factory=list)
     # Every Idempotency-Key the webhook was called with, repeats included.
     webhook_calls: list[str] = field(default_factory=list)
+    # incidentnummer → its delivery annotations, in arrival order, deduplicated.
+    afleveringen: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Every Idempotency-Key the delivery annotation endpoint was called with, repeats included.
+    aflevering_calls: list[str] = field(default_factory=list)
     down: DownMode | None = None
+    # Only the incident API is in maintenance (503); the webhook and refusals still answer.
+    incidents_down: bool = False
     # (status, reden, toelichting) for the next new message; cleared once used.
     refuse_next: tuple[int, str, str] | None = None
     _answers: Answers = field(default_factory=dict)
@@ -112,10 +123,15 @@ class FakePoliceSystem(LocalServer):
     def refusals_url(self) -> str:
         return f"{self.url}/ketenpost/weigeringen"
 
+    @property
+    def incidents_url(self) -> str:
+        return f"{self.url}/api/incidenten"
+
     async def start(self) -> None:
         app = web.Application(middlewares=[down_switch(lambda: self.down)])
         app.router.add_post("/ketenpost/berichten", self._webhook)
         app.router.add_post("/ketenpost/weigeringen", self._refusal)
+        app.router.add_post("/api/incidenten/{incidentnummer}/afleveringen", self._delivered)
         _, self.port = await self._serve(app, self.host, self.port)
 
     async def _webhook(self, request: web.Request) -> web.Response:
@@ -141,6 +157,29 @@ class FakePoliceSystem(LocalServer):
 
     def refusals_for(self, incidentnummer: str) -> list[dict[str, Any]]:
         return [w for w in self.weigeringen if w.get("incidentnummer") == incidentnummer]
+
+    async def _delivered(self, request: web.Request) -> web.Response:
+        if self.incidents_down:
+            return web.json_response({"reden": "onderhoud"}, status=503)
+        key = request.headers.get("Idempotency-Key")
+        if not key:
+            return missing_key()
+        self.aflevering_calls.append(key)
+        if (again := replay(self._answers, key)) is not None:
+            return again
+        document = await request.json()
+        if not isinstance(document.get("ontvanger"), str) or not document.get("berichtId"):
+            return web.json_response(
+                {"reden": "schema_invalid", "toelichting": "ontvanger of berichtId ontbreekt"},
+                status=400,
+            )
+        number = request.match_info["incidentnummer"]
+        self.afleveringen.setdefault(number, []).append(document)
+        return keep(self._answers, key, 201, {"status": "geregistreerd", "incident": number})
+
+    def delivered_to(self, incidentnummer: str) -> list[str]:
+        """The recipients the incident shows as delivered to, one entry per annotation."""
+        return [a["ontvanger"] for a in self.afleveringen.get(incidentnummer, [])]
 
 
 def _same(a: str, b: object) -> bool:

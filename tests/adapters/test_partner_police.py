@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from adapters.base import SystemClock
+from adapters.base import DeliveryReporter, SystemClock
 from adapters.config import AdapterConfig
 from adapters.engine import Adapter, FaultPoint
 from adapters.errors import AdapterConfigError
@@ -372,6 +372,7 @@ BAD_CONFIGS: dict[str, dict[str, Any]] = {
     "listen": {**GOOD, "listen": "8461"},
     "webhook_url": {**GOOD, "webhook_url": "ftp://politie/berichten"},
     "refusals_url": {k: v for k, v in GOOD.items() if k != "refusals_url"},
+    "incidents_url": {**GOOD, "incidents_url": "http://127.0.0.1:8462/api/incidenten?x=1"},
     "timeout_s": {**GOOD, "timeout_s": -1},
     "max_body_bytes": {**GOOD, "max_body_bytes": "1MB"},
     "ingest_token_file": {**GOOD, "ingest_token_file": "secrets/missing"},
@@ -391,3 +392,5 @@ def test_default_system_toml_builds_a_transport(tmp_path: Path) -> None:
     transport = create_transport(_config(tmp_path, system), SystemClock())
     assert isinstance(transport.source, PoliceSource)
     assert transport.source.settings.listen_port == 8461
+    # A development deployment's police system is told of deliveries (``incidents_url``).
+    assert isinstance(transport.destination, DeliveryReporter)
