@@ -1,5 +1,5 @@
-"""``ketenpost approach issue|revoke``, ``ketenpost send`` and ``ketenpost inbox``: a partner's
-hands on the gateway from the command line, over ``adapters.client.GatewayClient``.
+"""``ketenpost approach issue|revoke|notice``, ``ketenpost send`` and ``ketenpost inbox``: a
+partner's hands on the gateway from the command line, over ``adapters.client.GatewayClient``.
 
 Rules kept here (age's command-line style, house rule 10):
 
@@ -8,7 +8,8 @@ Rules kept here (age's command-line style, house rule 10):
   exactly as issue 3 names them, and only ever added to.
 * Data goes to stdout as JSON (one document, or JSON lines for ``inbox``); errors go to stderr
   as ``ketenpost: error: <one line>``. Exit status: 0 success, 1 failure, 2 a bad command line
-  (argparse), 3 the gateway refused (``ketenpost: error: refused: <reason>: <detail>``).
+  (argparse, or an argument naming what cannot be used: ``CliInputError``), 3 the gateway
+  refused (``ketenpost: error: refused: <reason>: <detail>``).
 * Everything comes from the partner folder's ``adapter.toml``: keys, TLS files, trusted root,
   directory bundle, the gateway URL (``--gateway`` overrides it). A key passphrase comes from
   the ``file:``/``env:`` source named there, never from an argument.
@@ -32,6 +33,12 @@ Rules kept here (age's command-line style, house rule 10):
   ``<partner>/approaches/<token_id>.json`` (0600, never overwritten) before it registers the
   token: the coordinator needs both for the ``approach-notice``, and a token whose private
   part is lost could only be revoked.
+* ``approach notice`` is the coordinator's alone: it reads token and opening from that file
+  (``CliInputError`` without one, or when the token names another coordinator), checks the
+  opening against the token, and sends each recipient its own notice, one message each,
+  whose persons carry only what the recipient's role may hold
+  (``adapters.role_details.details_for_role``, the rule the ZGW adapter applies; ADR 9).
+  All notices are sealed before the first is submitted, so a local problem sends nothing.
 * ``inbox`` checks what it receives as an adapter does, trusting nothing the gateway checked:
   ``open_envelope`` with the partner's own keys, the token (fetched from the gateway, verified
   here, at the gateway's audited ``accepted_at``), policy ∩ token, the schema. With ``--ack``
@@ -65,8 +72,10 @@ from adapters.client import GatewayClient, InboxDelivery, InboxEvent, RefusedErr
 from adapters.config import AdapterConfig, key_family, load_partner_dir
 from adapters.directory import newest_active
 from adapters.errors import AdapterError
+from adapters.role_details import details_for_role
 from gateway.protocol.checkpoint import CheckpointError, verify_checkpoint
 from gateway.protocol.envelope import (
+    Envelope,
     EnvelopeError,
     EnvelopeOpenError,
     EnvelopeReason,
@@ -80,7 +89,15 @@ from gateway.protocol.envelope import (
 )
 from gateway.protocol.errors import ProtocolError, TokenError
 from gateway.protocol.merkle import InclusionProof, MerkleError, verify_inclusion
-from gateway.protocol.messages import SCHEMA_VERSION, decode_body, subjects_of
+from gateway.protocol.messages import (
+    SCHEMA_VERSION,
+    ApproachChange,
+    ApproachNotice,
+    PersonDetails,
+    decode_body,
+    encode_body,
+    subjects_of,
+)
 from gateway.protocol.policy import Policy, policy_from_directory, sendable_types
 from gateway.protocol.reasons import Reason, RejectionReason
 from gateway.protocol.receipts import (
@@ -98,6 +115,7 @@ from gateway.protocol.token import (
     RolePurpose,
     TokenStatus,
     TokenSubject,
+    check_private_part,
     check_use,
     decode_signed,
     encode_signed,
@@ -139,6 +157,7 @@ from keys.tlspairs import choose_tls_pair
 PROG: Final = "ketenpost"
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
+EXIT_INPUT: Final = 2
 EXIT_REFUSED: Final = 3
 
 DAY_S: Final = 86_400
@@ -155,6 +174,8 @@ DEFAULT_EXPIRES_DAYS: Final = 14
 VALID_FROM_SLACK_S: Final = 300
 MAX_NEW_SUBJECTS: Final = 64
 MAX_TEXT: Final = 2000
+# ``ShortText`` of the case-message schemas (``ApproachNotice.contact``).
+MAX_SHORT_TEXT: Final = 200
 # A long-poll must outlive its own wait; the client's timeout is the wait plus this margin.
 POLL_MARGIN_S: Final = 30.0
 
@@ -185,6 +206,34 @@ example:
 Only the issuing coordinator revokes; the gateway purges the approach's undelivered messages.
 """
 
+_EXAMPLES_NOTICE: Final = """\
+examples:
+  ketenpost approach notice --partner-dir dev/partners/gemeente-velsen \\
+      9c1e0f3a5b7d4c2e8f6a1b3d5c7e9f0a --persons persons.json \\
+      --contact "M. Jansen, regisseur jeugd en veiligheid, 0255 567 200"
+  ketenpost approach notice --partner-dir dev/partners/gemeente-velsen \\
+      9c1e0f3a5b7d4c2e8f6a1b3d5c7e9f0a --to halt --persons persons.json --change changed
+
+persons.json lists, per pseudonym of the token, the identifying details (every field but
+"pseudonym" optional; the BSN must pass the eleven-test):
+  [{"pseudonym": "3f2a9c0d4e5b6a7f8091a2b3c4d5e6f7",
+    "given_name": "Daan", "family_name": "de Vries", "date_of_birth": "2010-05-17",
+    "bsn": "111222333",
+    "address": {"street": "Lange Nieuwstraat", "house_number": "12",
+                "postcode": "1972GH", "city": "IJmuiden"}}]
+
+Only the coordinator that issued the token sends its notice: token and private part come from
+<partner-dir>/approaches/<token_id>.json, written by "approach issue". Each recipient (default:
+every participant but the coordinator) gets its own message, whose persons carry only the
+details its role may hold (ADR 9: police, OM, Halt and welfare name and date of birth; the CJG
+also BSN and address). Without --persons the notice carries the token and its private part
+only: recipients keep the token but can link no pseudonym to anyone in their own register.
+Prints one JSON line per recipient once it is accepted: {"recipient": ..., "persons":
+{pseudonym: [names of the details sent]}, "message_id": ..., "receipt": {...}}. A refusal exits
+3 with "ketenpost: error: refused: <reason>: <detail>"; the lines printed before it were sent.
+Sending the same notice again is refused as duplicate_id.
+"""
+
 _EXAMPLES_SEND: Final = """\
 examples:
   ketenpost send --partner-dir dev/partners/politie-ijmond --to halt \\
@@ -213,6 +262,11 @@ again when their lease ends.
 
 class CliError(AdapterError):
     """A command failed; the message is one line for the person at the terminal."""
+
+
+class CliInputError(CliError):
+    """The command line names something that cannot be used (a missing file, a recipient that
+    is not a participant); exits 2, as argparse does for a bad command line."""
 
 
 class _Rejected(Exception):
@@ -298,6 +352,12 @@ def _seconds(text: str) -> float:
 def _text(text: str) -> str:
     if not 1 <= len(text) <= MAX_TEXT:
         raise argparse.ArgumentTypeError(f"give between 1 and {MAX_TEXT} characters")
+    return text
+
+
+def _short_text(text: str) -> str:
+    if not 1 <= len(text) <= MAX_SHORT_TEXT:
+        raise argparse.ArgumentTypeError(f"give between 1 and {MAX_SHORT_TEXT} characters")
     return text
 
 
@@ -503,6 +563,30 @@ class PartnerFolder:
             return None
         except (OSError, ValueError, KeyError, TypeError, TokenError) as exc:
             raise CliError(f"{path}: not an approach file: {exc}") from None
+
+    def read_approach_opening(self, token_id: str) -> tuple[SignedObject, PrivatePartOpening]:
+        """The signed token and the opening of its private part from the local approach file.
+
+        ``CliInputError`` when there is no such file (only the coordinator that issued the
+        token has it) or it cannot be read as one. The opening is not checked here.
+        """
+        path = self.approach_file(token_id)
+        try:
+            document = json.loads(path.read_bytes())
+            signed = decode_signed(base64.b64decode(document["signed_token"], validate=True))
+            part = document["private_part_opening"]
+            opening = PrivatePartOpening(
+                salt=base64.b64decode(part["salt"], validate=True),
+                content=base64.b64decode(part["content"], validate=True),
+            )
+        except FileNotFoundError:
+            raise CliInputError(
+                f"no approach file {path}: only the coordinator that issued the token "
+                "(with approach issue, from this partner folder) holds its private part"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError, TokenError) as exc:
+            raise CliInputError(f"{path}: not an approach file: {exc}") from None
+        return signed, opening
 
 
 async def _fetched_token(client: GatewayClient, token_id: str) -> tuple[SignedObject, TokenStatus]:
@@ -740,6 +824,74 @@ async def _check_inclusion(
         return
 
 
+def _sealed(
+    partner: PartnerFolder,
+    directory: Directory,
+    now: int,
+    *,
+    sign_key: Ed25519KeyPair,
+    signed: SignedObject,
+    token_id: str,
+    recipients: Sequence[str],
+    body: bytes,
+    message_type: MessageType,
+    subjects: Sequence[str],
+    message_id: str,
+    expires_at: int,
+) -> Envelope:
+    """``body`` sealed to the current encrypt key of each recipient, signed with ``sign_key``,
+    under the token ``signed`` (whose id is ``token_id``). ``CliError`` for a recipient the
+    directory does not know or lists no usable key of."""
+    targets = []
+    for recipient in recipients:
+        try:
+            targets.append((recipient, directory.current_key(recipient, KeyUse.ENCRYPT, now)))
+        except DirectoryError as exc:
+            raise CliError(f"--to: {exc}") from None
+    return seal(
+        sender=partner.id,
+        sign_key=sign_key,
+        recipients=targets,
+        body=body,
+        message_id=message_id,
+        token_id=token_id,
+        token_hash=token_hash(signed),
+        subjects=tuple(subjects),
+        message_type=message_type,
+        schema_version=SCHEMA_VERSION,
+        created_at=now,
+        expires_at=expires_at,
+        trace_id=_traceparent(),
+    )
+
+
+async def _submitted(
+    client: GatewayClient, directory: Directory, envelope: Envelope, message_id: str, now: int
+) -> dict[str, Any]:
+    """Submit ``envelope``; verify the acceptance receipt, its checkpoint and inclusion proof.
+
+    Returns the output document of ``send``; raises ``RefusedError`` as the gateway refuses.
+    """
+    digest = header_hash(envelope.header).hex()
+    accepted = await client.submit(encode_envelope(envelope))
+    receipt = _verified_receipt(accepted.receipt, directory, now, message_id, digest)
+    await _check_inclusion(client, receipt, directory)
+    return {
+        "message_id": accepted.message_id,
+        "first_time": accepted.first_time,
+        "receipt": {
+            "message_id": receipt.message_id,
+            "header_hash": receipt.header_hash,
+            "accepted_at": receipt.accepted_at,
+            "leaf_index": receipt.leaf_index,
+            "tree_size": receipt.tree_size,
+            "inclusion_proof": [h.hex() for h in receipt.inclusion_proof],
+            "checkpoint": receipt.checkpoint,
+            "verified": True,
+        },
+    }
+
+
 async def send(args: argparse.Namespace, partner: PartnerFolder, now: int) -> dict[str, Any]:
     message_type = MessageType(args.type)
     recipients: list[str] = list(args.to)
@@ -759,46 +911,152 @@ async def send(args: argparse.Namespace, partner: PartnerFolder, now: int) -> di
         token = verify_token_signature(signed, directory)
         if token.token_id != args.approach:
             raise CliError(f"the approach file names token {token.token_id}")
-        targets = []
+        envelope = _sealed(
+            partner,
+            directory,
+            now,
+            sign_key=partner.sign_key(directory, now, sign_keys),
+            signed=signed,
+            token_id=token.token_id,
+            recipients=recipients,
+            body=body,
+            message_type=message_type,
+            subjects=subjects,
+            message_id=message_id,
+            expires_at=min(now + args.expires_in_days * DAY_S, token.valid_until),
+        )
+        return await _submitted(client, directory, envelope, message_id, now)
+
+
+# -- approach notice -------------------------------------------------------------------------
+
+
+def _read_persons(path: str, subjects: Sequence[str]) -> tuple[PersonDetails, ...]:
+    """The ``--persons`` file: a JSON list of ``PersonDetails``, each about a subject of the
+    token, each subject at most once. ``CliInputError`` saying what is wrong otherwise."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CliInputError(f"--persons: {exc.strerror or exc}: {path}") from None
+    try:
+        persons = msgspec.json.decode(data, type=tuple[PersonDetails, ...])
+    except msgspec.DecodeError as exc:
+        raise CliInputError(f"--persons: {path}: {exc}") from None
+    seen: set[str] = set()
+    for person in persons:
+        if person.pseudonym not in subjects:
+            raise CliInputError(
+                f"--persons: {path}: {person.pseudonym} is not a subject of the token"
+            )
+        if person.pseudonym in seen:
+            raise CliInputError(f"--persons: {path}: {person.pseudonym} is listed twice")
+        seen.add(person.pseudonym)
+    return persons
+
+
+def _held_details(person: PersonDetails) -> list[str]:
+    """The names of the details ``person`` carries (for the output; never their values)."""
+    return [
+        name
+        for name in ("given_name", "family_name", "date_of_birth", "bsn", "address")
+        if getattr(person, name) is not None
+    ]
+
+
+async def approach_notice(
+    args: argparse.Namespace,
+    partner: PartnerFolder,
+    now: int,
+    emit: Callable[[dict[str, Any]], None],
+) -> None:
+    """Send the approach-notice of ``args.token_id``: one message per recipient, each with
+    the persons as its role may hold them; ``emit`` each recipient's result once accepted.
+
+    Everything is checked and sealed before the first submission. Raises ``CliInputError``
+    (no approach file, another coordinator's token, a recipient that is not a participant, a
+    bad ``--persons`` file), ``RefusedError`` naming the recipient it was refused for.
+    """
+    signed, opening = partner.read_approach_opening(args.token_id)
+    outbox_key = partner.outbox_key()
+    sign_keys = partner.sign_keys()  # fails before anything is sent
+    async with partner.session(args.gateway, now) as (client, directory):
+        token = verify_token_signature(signed, directory)
+        if token.token_id != args.token_id:
+            raise CliInputError(f"the approach file names token {token.token_id}")
+        if token.coordinator != partner.id:
+            raise CliInputError(
+                f"only the issuing coordinator ({token.coordinator}) sends this token's "
+                "approach-notice"
+            )
+        try:
+            check_private_part(token, opening)
+        except TokenError as exc:
+            raise CliInputError(
+                f"{partner.approach_file(token.token_id)}: the private part: {exc}"
+            ) from None
+        others = [p for p in token.participants if p != partner.id]
+        recipients: list[str] = list(args.to) if args.to else others
+        strangers = [r for r in recipients if r not in others]
+        if strangers:
+            raise CliInputError(
+                f"--to: {', '.join(strangers)} is not a participant of the token "
+                f"(other than the sender: {', '.join(others) or 'none'})"
+            )
+        subjects = tuple(sorted(token.subject_pseudonyms))
+        persons = _read_persons(args.persons, subjects) if args.persons else ()
+        sign_key = partner.sign_key(directory, now, sign_keys)
+        expires_at = min(now + DEFAULT_EXPIRES_DAYS * DAY_S, token.valid_until)
+        sealed: list[tuple[str, str, Envelope, dict[str, list[str]]]] = []
         for recipient in recipients:
             try:
-                targets.append((recipient, directory.current_key(recipient, KeyUse.ENCRYPT, now)))
+                role = directory.partner(recipient).role
             except DirectoryError as exc:
-                raise CliError(f"--to: {exc}") from None
-        expires_at = min(now + args.expires_in_days * DAY_S, token.valid_until)
-        envelope = seal(
-            sender=partner.id,
-            sign_key=partner.sign_key(directory, now, sign_keys),
-            recipients=targets,
-            body=body,
-            message_id=message_id,
-            token_id=token.token_id,
-            token_hash=token_hash(signed),
-            subjects=subjects,
-            message_type=message_type,
-            schema_version=SCHEMA_VERSION,
-            created_at=now,
-            expires_at=expires_at,
-            trace_id=_traceparent(),
-        )
-        digest = header_hash(envelope.header).hex()
-        accepted = await client.submit(encode_envelope(envelope))
-        receipt = _verified_receipt(accepted.receipt, directory, now, message_id, digest)
-        await _check_inclusion(client, receipt, directory)
-    return {
-        "message_id": accepted.message_id,
-        "first_time": accepted.first_time,
-        "receipt": {
-            "message_id": receipt.message_id,
-            "header_hash": receipt.header_hash,
-            "accepted_at": receipt.accepted_at,
-            "leaf_index": receipt.leaf_index,
-            "tree_size": receipt.tree_size,
-            "inclusion_proof": [h.hex() for h in receipt.inclusion_proof],
-            "checkpoint": receipt.checkpoint,
-            "verified": True,
-        },
-    }
+                raise CliInputError(f"--to: {exc}") from None
+            held = tuple(details_for_role(person, role) for person in persons)
+            body = encode_body(
+                ApproachNotice(
+                    subjects=subjects,
+                    token_id=token.token_id,
+                    approach_kind=token.kind,
+                    change=ApproachChange(args.change),
+                    token=signed,
+                    token_private=opening,
+                    persons=held,
+                    contact=args.contact,
+                )
+            )
+            message_type = MessageType.APPROACH_NOTICE
+            message_id = derive_message_id(outbox_key, _record_id(body, message_type, [recipient]))
+            envelope = _sealed(
+                partner,
+                directory,
+                now,
+                sign_key=sign_key,
+                signed=signed,
+                token_id=token.token_id,
+                recipients=[recipient],
+                body=body,
+                message_type=message_type,
+                subjects=subjects,
+                message_id=message_id,
+                expires_at=expires_at,
+            )
+            details = {p.pseudonym: _held_details(p) for p in held}
+            sealed.append((recipient, message_id, envelope, details))
+        sent: list[str] = []
+        for recipient, message_id, envelope, details in sealed:
+            try:
+                result = await _submitted(client, directory, envelope, message_id, now)
+            except RefusedError as exc:
+                done = f"sent to {', '.join(sent)}" if sent else "nothing sent"
+                raise RefusedError(
+                    exc.status,
+                    exc.reason,
+                    f"notice to {recipient} ({done}): {exc.detail}",
+                    exc.retry_after,
+                ) from None
+            sent.append(recipient)
+            emit({"recipient": recipient, "persons": details} | result)
 
 
 # -- inbox -----------------------------------------------------------------------------------
@@ -1067,6 +1325,8 @@ def _run(
         result: Any = asyncio.run(command(args, partner, now))
     except RefusedError as exc:
         return _refused(exc)
+    except CliInputError as exc:
+        return _error(" ".join(str(exc).split()), EXIT_INPUT)
     except (
         AdapterError,
         KeysError,
@@ -1085,6 +1345,10 @@ def _print_json(result: Any) -> None:
     print(json.dumps(result, ensure_ascii=False))
 
 
+def _print_line(line: Any) -> None:
+    print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
 def _print_lines(lines: Any) -> None:
     for line in lines:
         print(json.dumps(line, ensure_ascii=False), flush=True)
@@ -1096,6 +1360,15 @@ def run_approach_issue(args: argparse.Namespace) -> int:
 
 def run_approach_revoke(args: argparse.Namespace) -> int:
     return _run(args, approach_revoke, _print_json)
+
+
+def run_approach_notice(args: argparse.Namespace) -> int:
+    # Each recipient's line is printed once its notice is accepted, so after a refusal the
+    # lines already printed say which recipients have theirs.
+    async def notice(args: argparse.Namespace, partner: PartnerFolder, now: int) -> None:
+        await approach_notice(args, partner, now, _print_line)
+
+    return _run(args, notice, lambda _result: None)
 
 
 def run_send(args: argparse.Namespace) -> int:
@@ -1131,10 +1404,11 @@ def _add_parser(
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``approach issue``, ``approach revoke``, ``send`` and ``inbox``."""
+    """Add ``approach issue``, ``approach revoke``, ``approach notice``, ``send`` and
+    ``inbox``."""
     approach = subparsers.add_parser(
         "approach",
-        help="issue or revoke approach tokens (coordinating municipalities)",
+        help="issue, revoke or announce approach tokens (coordinating municipalities)",
         epilog=_EXAMPLES_ISSUE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1202,6 +1476,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("token_id", type=_token_id, metavar="TOKEN_ID")
     p.add_argument("--reason", required=True, type=_text, metavar="TEXT")
     p.set_defaults(handler=run_approach_revoke)
+
+    p = _add_parser(verbs, "notice", "send an approach token's approach-notice", _EXAMPLES_NOTICE)
+    _partner_args(p)
+    p.add_argument("token_id", type=_token_id, metavar="TOKEN_ID")
+    p.add_argument(
+        "--to",
+        type=_partner_ids,
+        metavar="ID[,ID]",
+        help="recipient participants (default: every participant but the sender)",
+    )
+    p.add_argument(
+        "--persons",
+        metavar="FILE.json",
+        help="identifying details per pseudonym (see below); default: none",
+    )
+    p.add_argument("--contact", type=_short_text, metavar="TEXT", help="the case director to call")
+    p.add_argument(
+        "--change",
+        choices=[c.value for c in ApproachChange],
+        default=ApproachChange.STARTED.value,
+        help=f"what the notice announces (default {ApproachChange.STARTED.value})",
+    )
+    p.set_defaults(handler=run_approach_notice)
 
     p = _add_parser(subparsers, "send", "seal and submit a case message", _EXAMPLES_SEND)
     _partner_args(p)

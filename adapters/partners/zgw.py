@@ -39,8 +39,9 @@ Rules kept here:
   the same bytes are registered again (the gateway answers idempotently), the same kenmerk is
   written once, the same record ids give the same message ids. Pseudonyms are random (128 bit)
   per subject per approach, never derived from a BSN or a name.
-* **Per-role identifying details** (``ROLE_DETAILS``): each recipient's approach-notice holds
-  only what its role may hold; one record per recipient.
+* **Per-role identifying details** (``adapters.role_details``: ``ROLE_DETAILS``, applied by
+  ``details_for_role``, which ``ketenpost approach notice`` calls too): each recipient's
+  approach-notice holds only what its role may hold; one record per recipient.
 * **Inbound.** Every delivered message becomes one ``EnkelvoudigInformatieObject`` (a readable
   JSON rendering; ``identificatie`` ``KP`` + the first 38 hex digits of the message id, the full
   id in ``beschrijving``), related by ``zaakinformatieobjecten`` to *the* zaak of its approach,
@@ -104,6 +105,7 @@ from adapters.partners._zgw_client import (
     ZgwRefusedError,
     ZgwUnavailableError,
 )
+from adapters.role_details import details_for_role
 from gateway.protocol.envelope import derive_message_id
 from gateway.protocol.errors import ProtocolError
 from gateway.protocol.messages import (
@@ -185,32 +187,6 @@ _KINDS: Final[Mapping[str, ApproachKind]] = {
     "group": ApproachKind.GROUP,
 }
 
-
-class Detail(enum.StrEnum):
-    """An identifying detail of a youth an approach-notice may carry."""
-
-    NAME = "name"
-    DATE_OF_BIRTH = "date_of_birth"
-    BSN = "bsn"
-    ADDRESS = "address"
-
-
-# What each recipient role may hold about the youth behind a pseudonym (data minimisation,
-# AVG art. 5(1)(c)). Police, OM and Halt identify a youth in their own systems by name and date
-# of birth. The CJG also gets the address (youth care visits the family) and the BSN, which
-# youth-care providers must use (Jeugdwet art. 7.3.6). Welfare (jongerenwerk) works with the
-# youth by name only. A participating municipality holds everything already (BRP).
-ROLE_DETAILS: Final[Mapping[Role, frozenset[Detail]]] = {
-    Role.MUNICIPALITY: frozenset(Detail),
-    Role.POLICE: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH}),
-    Role.PROSECUTION: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH}),
-    Role.HALT: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH}),
-    Role.YOUTH_CARE: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH, Detail.ADDRESS, Detail.BSN}),
-    # Name and date of birth: a name alone cannot safely tell two clients of a welfare
-    # organisation apart, and linking the wrong client would share a youth's case with the
-    # wrong family. The address and BSN stay out (data minimisation; ADR 9).
-    Role.WELFARE: frozenset({Detail.NAME, Detail.DATE_OF_BIRTH}),
-}
 
 DEFAULT_SYSTEM_TOML: Final = """\
 [system]
@@ -442,15 +418,15 @@ class Youth:
     bsn: str | None
     address: Address | None
 
-    def details(self, pseudonym: str, allowed: frozenset[Detail]) -> PersonDetails:
-        name = Detail.NAME in allowed
+    def person(self, pseudonym: str) -> PersonDetails:
+        """Every detail the zaak holds, under ``pseudonym``; ``details_for_role`` minimises."""
         return PersonDetails(
             pseudonym=pseudonym,
-            given_name=self.given_name if name else None,
-            family_name=self.family_name if name else None,
-            date_of_birth=self.date_of_birth if Detail.DATE_OF_BIRTH in allowed else None,
-            bsn=self.bsn if Detail.BSN in allowed else None,
-            address=self.address if Detail.ADDRESS in allowed else None,
+            given_name=self.given_name,
+            family_name=self.family_name,
+            date_of_birth=self.date_of_birth,
+            bsn=self.bsn,
+            address=self.address,
         )
 
 
@@ -1123,9 +1099,9 @@ class ZgwSource(SourceBase):
         for recipient in token.participants:
             if recipient == self.host.partner_id:
                 continue
-            allowed = ROLE_DETAILS.get(directory.partner(recipient).role, frozenset())
+            role = directory.partner(recipient).role
             persons = tuple(
-                youths[local].details(pseudonym, allowed)
+                details_for_role(youths[local].person(pseudonym), role)
                 for pseudonym, local in sorted(local_ids.items())
                 if local in youths
             )
