@@ -98,7 +98,14 @@ def _readme(layout: DeploymentLayout) -> str:
         "Secret files (mode 0600; key folders 0700):\n"
         f"{secrets}\n\n"
         "See it all run: `ketenpost demo` (or `make demo`) plays the covenant's scenario in a\n"
-        "fresh deployment of its own.\n"
+        "fresh deployment of its own; `ketenpost demo --without PARTNER` is a sandbox in which\n"
+        "you run that partner's adapter yourself.\n\n"
+        "Run this deployment by hand (from this folder):\n"
+        "  ketenpost store migrate --config gateway.toml   # once, before the first serve\n"
+        "  ketenpost serve --config gateway.toml\n"
+        "  ketenpost adapter run halt --config partners/halt/adapter.toml \\\n"
+        "      --metrics-listen 127.0.0.1:9465             # 9464 is the gateway's\n"
+        "Each adapter needs its partner system (the [system] table of its adapter.toml).\n"
     )
 
 

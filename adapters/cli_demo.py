@@ -3,7 +3,9 @@ real gateway, on one machine (``adapters.demo`` does the work).
 
 Rules kept here (house rule 10): the timeline goes to stdout, ``ketenpost: error: <one line>``
 to stderr. Exit 0 when every step behaved as expected, 1 when a step did not (the message
-names it) or the demo could not start, 2 for a bad command line or ``KETENPOST_DEMO_FAULT``.
+names it) or the demo could not start, 2 for a bad command line (an unknown ``--without``
+partner, ``--without`` with ``--once``) or ``KETENPOST_DEMO_FAULT``. With ``--without`` (a
+sandbox) no scenario is played; exit 0 after Ctrl-C or SIGTERM.
 ``ketenpost init`` comes in as a callable from the composition root, so ``adapters`` imports
 neither ``ketenpost`` nor the relay service.
 """
@@ -27,6 +29,9 @@ USAGE_EXAMPLES: Final = """\
 examples:
   ketenpost demo                      # play the scenario, then serve until Ctrl-C
   ketenpost demo --once --dir ./demo  # play it in ./demo and exit: 0 if every step behaved
+  ketenpost demo --dir ./sandbox --without cjg
+      # a sandbox for your own CJG adapter: everything else runs, no scenario is played;
+      # prints the gateway, its metrics and the `ketenpost adapter run cjg …` to start yours
 """
 
 
@@ -40,13 +45,25 @@ def register(
         description=(
             "Make a development deployment in a fresh folder, start the gateway (SQLite), every "
             "partner system's fake and every adapter, and play the scenario: an approach, "
-            "messages between all partners, and four refusals, each with its reason."
+            "messages between all partners, and four refusals, each with its reason. With "
+            "--without, a sandbox for your own adapter: the partners named get no fake and no "
+            "adapter, and no scenario is played."
         ),
         epilog=USAGE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dir", metavar="DIR", help="an empty or new folder (default: a temp folder)")
     p.add_argument("--once", action="store_true", help="exit after the scenario")
+    p.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="PARTNER[,PARTNER...]",
+        help=(
+            "a sandbox: start no fake and no adapter for these partners, play no scenario, and "
+            "print how to run your own adapter in their place; serve until Ctrl-C"
+        ),
+    )
     p.add_argument(
         "--step-timeout",
         type=float,
@@ -63,7 +80,7 @@ def register(
 
 def run_demo_command(args: argparse.Namespace, init: InitDeployment) -> int:
     try:
-        options = options_from(args.dir, args.once, args.step_timeout)
+        options = options_from(args.dir, args.once, args.step_timeout, args.without)
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

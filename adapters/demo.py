@@ -24,6 +24,13 @@ Rules kept here:
   share the development client credentials ``ketenpost init`` wrote.
 * A fault for tests (``KETENPOST_DEMO_FAULT=stop:PARTNER@STEP``) stops that partner's fake
   system just before that step: a real outage, which the step must then fail to get past.
+* **A sandbox** (``--without PARTNER[,…]``) is the same set-up with those partners left out:
+  no fake and no adapter for them, and no scenario (every step involves every partner's
+  system). Every other partner's system is made exactly as for the scenario (the welfare
+  tables too), and their adapters run. The demo prints the gateway and metrics URLs and, per
+  partner left out, its folder, its adapter.toml (``[system]`` as ``init`` wrote it) and the
+  ``ketenpost adapter run`` command with a ``--metrics-listen`` port of its own, then serves
+  until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -109,6 +117,8 @@ LOCAL_IDS: Final = {
 # Another youth, known to the police, for whom no approach was started.
 OTHER_PN: Final = "PN-1009932"
 WITNESS_PN: Final = "PN-2000001"
+# The police incident of step 2.
+INCIDENT: Final = "PL1200-2026-0412345"
 
 T = TypeVar("T")
 
@@ -161,6 +171,8 @@ class DemoOptions:
     once: bool = False
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
     fault: Fault | None = None
+    # Partners left out (a sandbox): no fake, no adapter, no scenario.
+    without: frozenset[str] = frozenset()
 
 
 def free_port() -> int:
@@ -324,16 +336,48 @@ def write_system_table(folder: Path, table: dict[str, object]) -> None:
     path.write_text(text.rstrip() + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
+_FakeT = TypeVar("_FakeT")
+
+
 @dataclass
 class Systems:
-    """Every partner system's fake, started; ``stop(partner)`` takes one down."""
+    """The partner systems' fakes that were started (every one, except in a sandbox, where
+    the partners left out have none); ``stop(partner)`` takes one down."""
 
-    zgw: dict[str, FakeZgw]
-    police: FakePoliceSystem
-    cjg: FakeCjgSystem
-    om: FakeOmSystem
-    halt: FakeHaltSystem
-    welfare: WelfareCaseSystem
+    zgw: dict[str, FakeZgw] = field(default_factory=dict)
+    started: dict[str, object] = field(default_factory=dict)
+
+    def _fake(self, partner: str, kind: type[_FakeT]) -> _FakeT:
+        fake = self.started.get(partner)
+        if not isinstance(fake, kind):
+            raise DemoError(f"{partner}'s partner system was not started")
+        return fake
+
+    @property
+    def police(self) -> FakePoliceSystem:
+        return self._fake(POLICE, FakePoliceSystem)
+
+    @property
+    def cjg(self) -> FakeCjgSystem:
+        return self._fake(CJG, FakeCjgSystem)
+
+    @property
+    def om(self) -> FakeOmSystem:
+        return self._fake(OM, FakeOmSystem)
+
+    @property
+    def halt(self) -> FakeHaltSystem:
+        return self._fake(HALT, FakeHaltSystem)
+
+    @property
+    def welfare(self) -> WelfareCaseSystem:
+        return self._fake(WELFARE, WelfareCaseSystem)
+
+    def describe(self) -> str:
+        """What runs, for the timeline: ``4 zaaksystemen (ZGW), police REST, …``."""
+        parts = [f"{len(self.zgw)} zaaksystemen (ZGW)"] if self.zgw else []
+        parts += [_SYSTEM_NAMES[p] for p in (POLICE, CJG, OM, HALT, WELFARE) if p in self.started]
+        return ", ".join(parts) or "none"
 
     async def stop(self, partner: str) -> None:
         if partner in self.zgw:
@@ -346,76 +390,86 @@ class Systems:
     async def close(self) -> None:
         for fake in self.zgw.values():
             await fake.close()
-        await self.police.close()
-        await self.cjg.close()
-        await self.welfare.close()
+        for partner in (POLICE, CJG, WELFARE):
+            system = self.started.get(partner)
+            if isinstance(system, FakePoliceSystem | FakeCjgSystem | WelfareCaseSystem):
+                await system.close()
 
 
-async def start_systems(layout: DeploymentLayout, clock: SystemClock) -> Systems:
-    """Start the fakes with what ``ketenpost init`` prepared, register the youth in each
-    partner's own register, and point each adapter.toml's ``[system]`` at its fake."""
-    folders = {p.id: p.folder for p in layout.partners}
-    zgw_secret = (folders[VELSEN] / "zgw.secret").read_bytes().strip()
-    zgw: dict[str, FakeZgw] = {}
-    for municipality in MUNICIPALITIES:
-        fake = FakeZgw(clients={ZGW_CLIENT_ID: zgw_secret}, clock=clock)
-        await fake.start()
-        zgw[municipality] = fake
-        catalogi = fake.catalogi
-        table: dict[str, object] = {
-            "transport": "zgw",
-            "zaken_api": fake.zaken_api,
-            "documenten_api": fake.documenten_api,
-            "client_id": ZGW_CLIENT_ID,
-            "secret_file": "zgw.secret",
-            "user_id": "ketenpost-adapter",
-            "zaaktype": catalogi("zaaktypen", "jeugdaanpak"),
-            "informatieobjecttype": catalogi("informatieobjecttypen", "ketenpost-bericht"),
-            "roltype_jongere": catalogi("roltypen", "jongere"),
-            **{
-                f"statustype_{event}": catalogi("statustypen", event)
-                for event in (
-                    "gestart",
-                    "gewijzigd",
-                    "casusoverleg",
-                    "plan",
-                    "beeindigd",
-                    "ingetrokken",
-                )
-            },
-            "bronorganisatie": RSIN,
-            "vertrouwelijkheidaanduiding": "vertrouwelijk",
-            "poll_interval_s": 0,
-        }
-        write_system_table(folders[municipality], table)
+_SYSTEM_NAMES: Final = {
+    POLICE: "police REST",
+    CJG: "CJG REST",
+    OM: "OM XML drop folder",
+    HALT: "Halt CSV drop folder",
+    WELFARE: "welfare SQLite",
+}
 
+
+async def _start_zgw(folder: Path, secret: bytes, clock: SystemClock) -> FakeZgw:
+    fake = FakeZgw(clients={ZGW_CLIENT_ID: secret}, clock=clock)
+    await fake.start()
+    catalogi = fake.catalogi
+    table: dict[str, object] = {
+        "transport": "zgw",
+        "zaken_api": fake.zaken_api,
+        "documenten_api": fake.documenten_api,
+        "client_id": ZGW_CLIENT_ID,
+        "secret_file": "zgw.secret",
+        "user_id": "ketenpost-adapter",
+        "zaaktype": catalogi("zaaktypen", "jeugdaanpak"),
+        "informatieobjecttype": catalogi("informatieobjecttypen", "ketenpost-bericht"),
+        "roltype_jongere": catalogi("roltypen", "jongere"),
+        **{
+            f"statustype_{event}": catalogi("statustypen", event)
+            for event in (
+                "gestart",
+                "gewijzigd",
+                "casusoverleg",
+                "plan",
+                "beeindigd",
+                "ingetrokken",
+            )
+        },
+        "bronorganisatie": RSIN,
+        "vertrouwelijkheidaanduiding": "vertrouwelijk",
+        "poll_interval_s": 0,
+    }
+    write_system_table(folder, table)
+    return fake
+
+
+async def _start_police(folder: Path) -> FakePoliceSystem:
     police = FakePoliceSystem()
     await police.start()
     police.add_person(LOCAL_IDS[POLICE], YOUTH_GIVEN, f"{YOUTH_PREFIX} {YOUTH_FAMILY}", YOUTH_BORN)
     police.add_person(OTHER_PN, "Lotte", "Visser", datetime.date(2009, 6, 30))
     police.add_person(WITNESS_PN, "Anna", "Smit", datetime.date(1984, 2, 11))
     write_system_table(
-        folders[POLICE],
+        folder,
         {
             "transport": "police-rest",
             "listen": "127.0.0.1:0",
             "webhook_url": police.webhook_url,
             "refusals_url": police.refusals_url,
+            "incidents_url": police.incidents_url,
             "timeout_s": 10,
             "connect_timeout_s": 3,
             "max_body_bytes": 1_048_576,
             "ingest_token_file": "",
         },
     )
+    return police
 
-    token = (folders[CJG] / "secrets" / "cjg-api-token").read_text(encoding="utf-8").strip()
+
+async def _start_cjg(folder: Path) -> FakeCjgSystem:
+    token = (folder / "secrets" / "cjg-api-token").read_text(encoding="utf-8").strip()
     cjg = FakeCjgSystem(token=token)
     await cjg.start()
     cjg.add_client(
         LOCAL_IDS[CJG], YOUTH_GIVEN, f"{YOUTH_PREFIX} {YOUTH_FAMILY}", YOUTH_BORN, YOUTH_BSN
     )
     write_system_table(
-        folders[CJG],
+        folder,
         {
             "transport": "cjg-rest",
             "base_url": cjg.base_url,
@@ -427,23 +481,67 @@ async def start_systems(layout: DeploymentLayout, clock: SystemClock) -> Systems
             "max_event_bytes": 262_144,
         },
     )
+    return cjg
 
-    # Drop folders: the development layout, without the settle time (see the module docstring).
-    om = FakeOmSystem(folders[OM], {"settle_s": 0})
+
+def _start_om(folder: Path) -> FakeOmSystem:
+    # Drop folders: the development layout, without the settle time (module docstring).
+    om = FakeOmSystem(folder, {"settle_s": 0})
     om.register(OmPerson(LOCAL_IDS[OM], YOUTH_GIVEN, f"{YOUTH_PREFIX} {YOUTH_FAMILY}", YOUTH_BORN))
-    write_system_table(folders[OM], om.system_table())
-    halt = FakeHaltSystem(folders[HALT], {"settle_s": 0})
+    write_system_table(folder, om.system_table())
+    return om
+
+
+def _start_halt(folder: Path) -> FakeHaltSystem:
+    halt = FakeHaltSystem(folder, {"settle_s": 0})
     halt.register(
         HaltDossier(LOCAL_IDS[HALT], YOUTH_GIVEN, f"{YOUTH_PREFIX} {YOUTH_FAMILY}", YOUTH_BORN)
     )
-    write_system_table(folders[HALT], halt.system_table())
+    write_system_table(folder, halt.system_table())
+    return halt
 
-    welfare = WelfareCaseSystem.sqlite(folders[WELFARE] / "welzijn.db")
+
+async def _start_welfare(folder: Path) -> WelfareCaseSystem:
+    # What the welfare organisation's DBA does once: the database with the Ketenpost tables
+    # (the adapter never creates them). ``init`` wrote ``database = "welzijn.db"``.
+    welfare = WelfareCaseSystem.sqlite(folder / "welzijn.db")
     await welfare.create_tables()
     await welfare.register_client(
         LOCAL_IDS[WELFARE], YOUTH_GIVEN, YOUTH_FAMILY, YOUTH_BORN, YOUTH_PREFIX
     )
-    return Systems(zgw, police, cjg, om, halt, welfare)
+    return welfare
+
+
+async def start_systems(
+    layout: DeploymentLayout, clock: SystemClock, without: frozenset[str] = frozenset()
+) -> Systems:
+    """Start the fakes with what ``ketenpost init`` prepared, register the youth in each
+    partner's own register, and point each adapter.toml's ``[system]`` at its fake. The
+    partners in ``without`` get none: their adapter.toml stays as ``init`` wrote it."""
+    folders = {p.id: p.folder for p in layout.partners}
+    systems = Systems()
+    try:
+        municipalities = [m for m in MUNICIPALITIES if m not in without]
+        if municipalities:
+            # The four share the development client credentials ``init`` wrote.
+            secret = (folders[municipalities[0]] / "zgw.secret").read_bytes().strip()
+            for municipality in municipalities:
+                fake = await _start_zgw(folders[municipality], secret, clock)
+                systems.zgw[municipality] = fake
+        if POLICE not in without:
+            systems.started[POLICE] = await _start_police(folders[POLICE])
+        if CJG not in without:
+            systems.started[CJG] = await _start_cjg(folders[CJG])
+        if OM not in without:
+            systems.started[OM] = _start_om(folders[OM])
+        if HALT not in without:
+            systems.started[HALT] = _start_halt(folders[HALT])
+        if WELFARE not in without:
+            systems.started[WELFARE] = await _start_welfare(folders[WELFARE])
+    except BaseException:
+        await systems.close()
+        raise
+    return systems
 
 
 # -- the adapters ------------------------------------------------------------------------------
@@ -470,13 +568,18 @@ class Adapters:
                 await adapter.close()
 
 
-async def start_adapters(layout: DeploymentLayout, clock: SystemClock) -> Adapters:
+async def start_adapters(
+    layout: DeploymentLayout, clock: SystemClock, without: frozenset[str] = frozenset()
+) -> Adapters:
+    """Open and run the adapter of every partner not in ``without``."""
     registry = default_registry()
     stop = asyncio.Event()
     by_partner: dict[str, Adapter] = {}
     tasks: list[asyncio.Task[None]] = []
     try:
         for partner in layout.partners:
+            if partner.id in without:
+                continue
             config = load_partner_dir(partner.folder)
             adapter = Adapter(config, registry.create(config, clock), clock=clock, settings=ENGINE)
             await adapter.open()
@@ -728,7 +831,7 @@ class Scenario:
         source = self.adapters[POLICE].transport.source
         assert isinstance(source, PoliceSource)
         document = incident(
-            "PL1200-2026-0412345",
+            INCIDENT,
             [(LOCAL_IDS[POLICE], "verdachte"), (WITNESS_PN, "getuige")],
             ontvangers=(VELSEN, HALT),
             categorie="vernieling",
@@ -744,6 +847,13 @@ class Scenario:
             raise StepFailedError(step, f"the police adapter answered {status}: {answer}")
         row = await self._sent(POLICE, lambda r: r == answer["kenmerk"], step)
         await self._receipts(POLICE, row.message_id, (VELSEN, HALT), step)
+        police = self.systems.police
+
+        async def shown() -> bool | None:
+            return True if sorted(police.delivered_to(INCIDENT)) == sorted((VELSEN, HALT)) else None
+
+        # The police adapter reports each delivery on the incident (``report_delivery``).
+        await self._wait("both deliveries shown on the police incident", shown, step)
         await self._document(POLICE, row.message_id, step)
         name = f"{row.message_id}.csv"
         await self._halt_file(name, step)
@@ -754,7 +864,7 @@ class Scenario:
             "signal (incident PL1200-2026-0412345 POSTed to the adapter; the witness is not "
             "shared)",
             "informatieobject on Velsen's zaak; a CSV appeared in Halt's drop folder; "
-            "both delivery receipts back at the police",
+            "both delivery receipts back at the police, shown on its incident as delivered",
         )
         self.timeline.detail(self._halt_csv_lines(name))
 
@@ -1058,58 +1168,110 @@ async def _wait_for_interrupt() -> None:
                 loop.remove_signal_handler(sig)
 
 
+async def _play(
+    systems: Systems,
+    adapters: Adapters,
+    gateway: Gateway,
+    layout: DeploymentLayout,
+    timeline: Timeline,
+    options: DemoOptions,
+) -> bool:
+    """Play the scenario and print its timeline; ``True`` when every step behaved."""
+    folder = layout.root
+    scenario = Scenario(
+        systems,
+        adapters,
+        gateway,
+        {p.id: p.folder for p in layout.partners},
+        timeline,
+        options,
+    )
+    try:
+        await scenario.run()
+    except StepFailedError as exc:
+        print(f"ketenpost: error: demo {exc}", file=sys.stderr, flush=True)
+        return False
+    timeline.note(f"all {len(STEP_KEYS)} steps behaved as expected")
+    # The coordinator knows the youth's pseudonym (its adapter holds the mapping): what was
+    # shared about him can be reported and verified from the command line.
+    report = folder / "inzage"
+    timeline.note(
+        "subject access: ketenpost audit subject "
+        f"{scenario.pseudonym} --config {folder / 'gateway.toml'} "
+        f"--store {gateway.store_url} --out {report}"
+    )
+    timeline.note(
+        f"verify it: ketenpost audit verify-report {report / 'inzage.json'} "
+        f"--directory {folder / 'directory'}"
+    )
+    return True
+
+
+def _sandbox(gateway: Gateway, layout: DeploymentLayout, without: frozenset[str]) -> list[str]:
+    """The lines that tell a developer where the partners left out are and how to run an
+    adapter for each: the gateway and its metrics, each one's folder and adapter.toml, and
+    ``ketenpost adapter run`` with a ``--metrics-listen`` port of its own (free now, and none
+    of the demo's: the gateway and the fakes hold theirs)."""
+    lines = [f"gateway: {gateway.url}", f"metrics: {gateway.operator_url}/metrics"]
+    taken: set[int] = set()
+    for partner in layout.partners:
+        if partner.id not in without:
+            continue
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        taken.add(port)
+        folder = partner.folder.resolve()
+        toml = folder / ADAPTER_TOML
+        command = ["ketenpost", "adapter", "run", partner.id, "--config", str(toml)]
+        command += ["--metrics-listen", f"127.0.0.1:{port}"]
+        lines += [
+            f"{partner.id}:",
+            f"  folder:       {folder}",
+            f"  adapter.toml: {toml}",
+            f"  run:          {shlex.join(command)}",
+        ]
+    return lines
+
+
 async def run_demo(options: DemoOptions, init: InitDeployment, out: TextIO) -> bool:
     """Play the scenario; ``True`` when every step behaved. Raises ``DemoError`` when the demo
-    cannot set up. Without ``options.once`` the gateway keeps serving until Ctrl-C."""
+    cannot set up. Without ``options.once`` the gateway keeps serving until Ctrl-C or SIGTERM.
+
+    With ``options.without`` (a sandbox) the partners named get no fake and no adapter, the
+    scenario is not played (it needs every partner), and what a developer needs to run an
+    adapter in their place is printed instead; the demo then serves until Ctrl-C or SIGTERM
+    and returns ``True``."""
     folder = options.folder or Path(tempfile.mkdtemp(prefix="ketenpost-demo-"))
     timeline = Timeline(out)
     gateway = Gateway(folder, free_port())
     layout = init(folder, now=int(time.time()), gateway_url=gateway.url)
     timeline.note(f"deployment made in {folder} (ketenpost init)")
     clock = SystemClock()
+    left_out = ", ".join(p.id for p in layout.partners if p.id in options.without)
     with _logs_to(folder / "demo.log"):
         timeline.note(f"store migrated ({await gateway.migrate()})")
         systems: Systems | None = None
         adapters: Adapters | None = None
         try:
-            systems = await start_systems(layout, clock)
-            timeline.note(
-                "fake partner systems up: 4 zaaksystemen (ZGW), police REST, CJG REST, "
-                "OM XML and Halt CSV drop folders, welfare SQLite"
-            )
+            systems = await start_systems(layout, clock, options.without)
+            up = f"fake partner systems up: {systems.describe()}"
+            timeline.note(f"{up} (none for {left_out})" if left_out else up)
             await gateway.start()
             timeline.note(f"gateway serving on {gateway.url} (ketenpost serve, SQLite store)")
-            adapters = await start_adapters(layout, clock)
-            timeline.note(f"{len(adapters.by_partner)} adapters running")
-            scenario = Scenario(
-                systems,
-                adapters,
-                gateway,
-                {p.id: p.folder for p in layout.partners},
-                timeline,
-                options,
-            )
-            ok = True
-            try:
-                await scenario.run()
-            except StepFailedError as exc:
-                ok = False
-                print(f"ketenpost: error: demo {exc}", file=sys.stderr, flush=True)
-            if ok:
-                timeline.note(f"all {len(STEP_KEYS)} steps behaved as expected")
-                # The coordinator knows the youth's pseudonym (its adapter holds the mapping):
-                # what was shared about him can be reported and verified from the command line.
-                report = folder / "inzage"
+            adapters = await start_adapters(layout, clock, options.without)
+            running = f"{len(adapters.by_partner)} adapters running"
+            timeline.note(f"{running} (none for {left_out})" if left_out else running)
+            if options.without:
+                ok = True
                 timeline.note(
-                    "subject access: ketenpost audit subject "
-                    f"{scenario.pseudonym} --config {folder / 'gateway.toml'} "
-                    f"--store {gateway.store_url} --out {report}"
+                    f"sandbox: the scenario is not played (it needs every partner); "
+                    f"run your own adapter for {left_out}:"
                 )
-                timeline.note(
-                    f"verify it: ketenpost audit verify-report {report / 'inzage.json'} "
-                    f"--directory {folder / 'directory'}"
-                )
-            timeline.note(f"metrics: {gateway.operator_url}/metrics")
+                timeline.detail(_sandbox(gateway, layout, options.without))
+            else:
+                ok = await _play(systems, adapters, gateway, layout, timeline, options)
+                timeline.note(f"metrics: {gateway.operator_url}/metrics")
             timeline.note(f"logs: {folder / 'gateway.log'}, {folder / 'demo.log'}")
             if not options.once:
                 timeline.note("the gateway and the adapters keep running; Ctrl-C stops them")
@@ -1123,14 +1285,41 @@ async def run_demo(options: DemoOptions, init: InitDeployment, out: TextIO) -> b
                 await systems.close()
 
 
-def options_from(folder: str | None, once: bool, step_timeout_s: float) -> DemoOptions:
-    """The options of the command line and ``KETENPOST_DEMO_FAULT``; ``ValueError``."""
+PARTNERS: Final = (*MUNICIPALITIES, POLICE, OM, HALT, CJG, WELFARE)
+
+
+def parse_without(text: str) -> frozenset[str]:
+    """``PARTNER[,PARTNER…]`` (partner ids of the development covenant); ``ValueError``
+    naming an unknown id and the known ones."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--without {text!r}: give partner ids separated by commas")
+    for name in names:
+        if name not in PARTNERS:
+            raise ValueError(
+                f"--without: unknown partner {name!r} (known: {', '.join(sorted(PARTNERS))})"
+            )
+    return frozenset(names)
+
+
+def options_from(
+    folder: str | None, once: bool, step_timeout_s: float, without: Sequence[str] = ()
+) -> DemoOptions:
+    """The options of the command line and ``KETENPOST_DEMO_FAULT``; ``ValueError``.
+
+    ``without`` holds the ``--without`` values as given (each ``PARTNER[,PARTNER…]``)."""
     raw = os.environ.get(FAULT_ENV, "")
+    left_out = frozenset().union(*(parse_without(w) for w in without))
+    if left_out and once:
+        raise ValueError("--once exits after the scenario, which --without does not play")
+    if left_out and raw:
+        raise ValueError(f"{FAULT_ENV} stops a step of the scenario, which --without does not play")
     return DemoOptions(
         folder=Path(folder) if folder else None,
         once=once,
         step_timeout_s=step_timeout_s,
         fault=Fault.parse(raw) if raw else None,
+        without=left_out,
     )
 
 
@@ -1141,5 +1330,6 @@ __all__ = [
     "InitDeployment",
     "StepFailedError",
     "options_from",
+    "parse_without",
     "run_demo",
 ]

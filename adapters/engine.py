@@ -1888,15 +1888,29 @@ class Adapter:
         wake: bool = False,
     ) -> None:
         failures = 0
+        name = getattr(step, "__name__", "")
+        # The last expected failure logged (an ``AdapterError``: a partner system or the gateway
+        # not answering), so an outage is one warning line, not one traceback per retry.
+        reported: str | None = None
         while not stop.is_set():
             try:
                 await step()
                 failures = 0
+                if reported is not None:
+                    logger.info("step_recovered", extra={"step": name})
+                    reported = None
             except asyncio.CancelledError:
                 raise
-            except Exception:  # one failed step is logged and retried; the adapter stays up
+            except AdapterError as exc:  # expected: logged once per distinct problem, retried
                 failures += 1
-                logger.exception("step_failed", extra={"step": getattr(step, "__name__", "")})
+                detail = f"{type(exc).__name__}: {exc}"
+                if detail != reported:
+                    logger.warning("step_failed", extra={"step": name, "detail": detail})
+                    reported = detail
+            except Exception:  # a bug: logged with its traceback and retried; the adapter stays up
+                failures += 1
+                reported = None
+                logger.exception("step_failed", extra={"step": name})
             delay = interval_s if failures == 0 else min(60.0, 0.5 * 2 ** min(failures, 7))
             if delay <= 0:
                 continue

@@ -40,8 +40,13 @@ Rules kept here:
   never linked to a client on a guess. Unmatched persons are named in ``opmerking``.
 * The database is SQLite (a file path relative to the partner folder, opened read-write and
   never created by the adapter) or PostgreSQL (a ``postgresql://`` URL without a password; the
-  password comes from ``password_file``). A database that cannot be reached is transient: the
-  SDK retries the pull, and an inbound message is not acknowledged, so it is delivered again.
+  password comes from ``password_file``; it needs the optional ``postgres`` extra, asyncpg,
+  which is imported only when a PostgreSQL database is configured). A database that cannot be
+  reached, or lacks the tables, is transient: the pull finds nothing and is tried again at the
+  SDK's next pull, and an inbound message is not acknowledged, so it is delivered again. Each
+  distinct problem is logged once (``welfare_database_problem``, one line that names the
+  tables the welfare organisation must create when they are missing), not at every retry;
+  ``welfare_database_ok`` says when it is over.
 * Mappings do no I/O; the database is touched only by the source and the destination, which
   share one connection (pool) and close it with the source.
 """
@@ -61,9 +66,9 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
-import asyncpg
 import msgspec
 
 from adapters.base import (
@@ -94,6 +99,11 @@ from gateway.protocol.messages import (
     Signal,
     SignalCategory,
 )
+
+if TYPE_CHECKING:
+    # asyncpg is the optional ``postgres`` extra: imported for real only where PostgreSQL is
+    # used (``_asyncpg``), so the ``ketenpost`` command works without it.
+    import asyncpg
 
 logger = logging.getLogger("adapters.partners.welfare")
 
@@ -296,6 +306,10 @@ class WelfareSettings:
                 raise bad("password_file", f"{pw_path} is not a readable file")
         if schema is not None and (not isinstance(schema, str) or not _SCHEMA_NAME.match(schema)):
             raise bad("schema", "must be a lower-case SQL identifier")
+        try:
+            _asyncpg()
+        except AdapterConfigError:
+            raise bad("database", f"a postgresql:// database {POSTGRES_EXTRA}") from None
         return cls(
             postgres_url=database, password_file=pw_path, schema=schema, batch_size=batch_size
         )
@@ -304,8 +318,48 @@ class WelfareSettings:
 # -- the database --------------------------------------------------------------------------
 
 
+# The end of the one line that says a PostgreSQL database cannot be used without asyncpg.
+POSTGRES_EXTRA: Final = "needs the postgres extra: pip install 'ketenpost[postgres]'"
+_TABLES_TEXT: Final = f"{CLIENT_TABLE}, {OUTBOX_TABLE} and {INBOX_TABLE}"
+_SQLITE_NO_TABLE: Final = re.compile(r"no such table: (?:\w+\.)?(\w+)")
+
+
+def _asyncpg() -> ModuleType:
+    """The asyncpg module. Raises ``AdapterConfigError`` (one line, ending in
+    ``POSTGRES_EXTRA``) when the optional ``postgres`` extra is not installed."""
+    try:
+        import asyncpg  # noqa: PLC0415 - the optional ``postgres`` extra, only for PostgreSQL
+    except ImportError:
+        raise AdapterConfigError(f"a PostgreSQL welfare database {POSTGRES_EXTRA}") from None
+    return asyncpg
+
+
+class DatabaseProblem(enum.StrEnum):
+    """``WelfareDatabaseError.reason``: what is wrong with the welfare database."""
+
+    # The SQLite file or the PostgreSQL database does not exist (or cannot be opened).
+    MISSING = "database_missing"
+    # The database is there, one of the three Ketenpost tables is not.
+    NO_TABLES = "tables_missing"
+    # Anything else: unreachable, refused a login or a statement, timed out.
+    UNAVAILABLE = "database_unavailable"
+
+
 class WelfareDatabaseError(AdapterError):
-    """The welfare database cannot be reached or refused a statement. One line, no data."""
+    """The welfare database cannot be reached or refused a statement. One line, no data;
+    ``reason`` says which kind of problem, and a missing database or table names what the
+    welfare organisation must create."""
+
+    def __init__(self, message: str, reason: DatabaseProblem = DatabaseProblem.UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _what_to_create(ddl: str) -> str:
+    return (
+        f"the welfare organisation creates the tables {_TABLES_TEXT} "
+        f"({ddl} in adapters.partners.welfare); the adapter retries until they are there"
+    )
 
 
 Row = dict[str, Any]
@@ -326,6 +380,28 @@ class WelfareDatabase(abc.ABC):
     """
 
     dialect: str
+
+    def __init__(self) -> None:
+        # Problems logged since the database last answered: each is logged once, not at every
+        # retry of the SDK's loops.
+        self._logged: set[str] = set()
+
+    def _failed(self, error: WelfareDatabaseError) -> WelfareDatabaseError:
+        """Log ``error`` in one line the first time it occurs since the last success;
+        return it for the caller to raise."""
+        text = str(error)
+        if text not in self._logged:
+            self._logged.add(text)
+            logger.warning(
+                "welfare_database_problem", extra={"reason": error.reason.value, "detail": text}
+            )
+        return error
+
+    def _answered(self) -> None:
+        """The database answered: a problem logged before is over (logged once, too)."""
+        if self._logged:
+            self._logged.clear()
+            logger.info("welfare_database_ok")
 
     @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
@@ -365,6 +441,7 @@ class SqliteWelfareDatabase(WelfareDatabase):
     dialect = "sqlite"
 
     def __init__(self, path: Path, *, create: bool = False, busy_timeout_s: float = 5.0) -> None:
+        super().__init__()
         self.path = path.resolve()
         # The adapter opens the file read-write only: a typo in the path must fail loudly, not
         # create an empty database the case system never looks at.
@@ -382,9 +459,28 @@ class SqliteWelfareDatabase(WelfareDatabase):
                 return work(conn)
 
         try:
-            return await asyncio.to_thread(in_thread)
+            result = await asyncio.to_thread(in_thread)
         except sqlite3.Error as exc:
-            raise WelfareDatabaseError(f"SQLite database {self.path}: {exc}") from exc
+            raise self._failed(self._explain(exc)) from exc
+        self._answered()
+        return result
+
+    def _explain(self, exc: sqlite3.Error) -> WelfareDatabaseError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "unable to open database file" in text:
+            return WelfareDatabaseError(
+                f"SQLite database {self.path} does not exist or cannot be opened read-write "
+                f"({text}): {_what_to_create('DDL_SQLITE')}",
+                DatabaseProblem.MISSING,
+            )
+        missing = _SQLITE_NO_TABLE.search(text)
+        if isinstance(exc, sqlite3.OperationalError) and missing:
+            return WelfareDatabaseError(
+                f"SQLite database {self.path} has no table {missing.group(1)}: "
+                f"{_what_to_create('DDL_SQLITE')}",
+                DatabaseProblem.NO_TABLES,
+            )
+        return WelfareDatabaseError(f"SQLite database {self.path}: {text}".splitlines()[0])
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         values = [_sqlite_value(a) for a in args]
@@ -420,9 +516,6 @@ def _numbered(sql: str) -> str:
     return "".join(p + (f"${i}" if i < len(parts) else "") for i, p in enumerate(parts, 1))
 
 
-_PG_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-
-
 class PostgresWelfareDatabase(WelfareDatabase):
     """A PostgreSQL database through a small asyncpg pool, opened on first use."""
 
@@ -436,6 +529,16 @@ class PostgresWelfareDatabase(WelfareDatabase):
         schema: str | None = None,
         application_name: str = APPLICATION_NAME,
     ) -> None:
+        super().__init__()
+        # Raises ``AdapterConfigError`` here, before any use, without the ``postgres`` extra.
+        self._asyncpg = _asyncpg()
+        # What "the database could not be reached or refused the statement" looks like.
+        self._errors: tuple[type[BaseException], ...] = (
+            OSError,
+            TimeoutError,
+            self._asyncpg.PostgresError,
+            self._asyncpg.InterfaceError,
+        )
         self.url = url
         self._password_file = password_file
         self._server_settings = {"application_name": application_name}
@@ -460,7 +563,7 @@ class PostgresWelfareDatabase(WelfareDatabase):
                         raise WelfareDatabaseError(
                             f"cannot read the password file {self._password_file}: {exc}"
                         ) from exc
-                self._pool = await asyncpg.create_pool(
+                self._pool = await self._asyncpg.create_pool(
                     dsn=self.url,
                     password=password,
                     min_size=0,
@@ -475,11 +578,29 @@ class PostgresWelfareDatabase(WelfareDatabase):
         try:
             pool = await self._get_pool()
             async with pool.acquire() as conn, conn.transaction():
-                return await work(conn)
-        except _PG_ERRORS as exc:
-            raise WelfareDatabaseError(
-                f"{self._where()}: {type(exc).__name__}: {exc}".splitlines()[0]
-            ) from exc
+                result = await work(conn)
+        except self._errors as exc:
+            raise self._failed(self._explain(exc)) from exc
+        self._answered()
+        return result
+
+    def _explain(self, exc: BaseException) -> WelfareDatabaseError:
+        if isinstance(exc, self._asyncpg.InvalidCatalogNameError):
+            return WelfareDatabaseError(
+                f"{self._where()}: the database does not exist: "
+                f"{_what_to_create('DDL_POSTGRESQL, GRANTS_POSTGRESQL')}",
+                DatabaseProblem.MISSING,
+            )
+        if isinstance(exc, self._asyncpg.UndefinedTableError):
+            where = self._where()
+            if "search_path" in self._server_settings:
+                where += f" (schema {self._server_settings['search_path']})"
+            return WelfareDatabaseError(
+                f"{where}: {str(exc).splitlines()[0]}: "
+                f"{_what_to_create('DDL_POSTGRESQL, GRANTS_POSTGRESQL')}",
+                DatabaseProblem.NO_TABLES,
+            )
+        return WelfareDatabaseError(f"{self._where()}: {type(exc).__name__}: {exc}".splitlines()[0])
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async def work(conn: Any) -> list[Row]:
@@ -516,7 +637,7 @@ class PostgresWelfareDatabase(WelfareDatabase):
         async with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            with contextlib.suppress(*_PG_ERRORS):
+            with contextlib.suppress(*self._errors):
                 await pool.close()
 
 
@@ -580,15 +701,21 @@ class WelfareOutboxSource(SourceBase):
     async def pull(self, cursor: str | None) -> PullBatch:
         """Rows after ``cursor`` and rows below it still ``nieuw``, in id order.
 
-        Raises ``WelfareDatabaseError`` (an ``AdapterError``) when the database is down."""
+        While the database cannot be read (missing, without the tables, down) the batch is
+        empty and the cursor unchanged: the problem was logged once, in one line, by the
+        database, and the SDK pulls again after its pull interval. Raising instead would have
+        the SDK log a traceback at every retry."""
         after = int(cursor) if cursor and cursor.isdigit() else 0
-        rows = await self.database.fetch(
-            "SELECT id, aangemaakt_op, soort, client_nummer, ontvanger, inhoud "
-            "FROM ketenpost_uitgaand WHERE id > ? OR status = ? ORDER BY id LIMIT ?",
-            after,
-            OutboxStatus.NEW.value,
-            self.batch_size,
-        )
+        try:
+            rows = await self.database.fetch(
+                "SELECT id, aangemaakt_op, soort, client_nummer, ontvanger, inhoud "
+                "FROM ketenpost_uitgaand WHERE id > ? OR status = ? ORDER BY id LIMIT ?",
+                after,
+                OutboxStatus.NEW.value,
+                self.batch_size,
+            )
+        except WelfareDatabaseError:
+            return PullBatch(())
         records = []
         for row in rows:
             data = OutboxRowData(

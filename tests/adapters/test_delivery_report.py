@@ -5,7 +5,6 @@ Velsen) received its signal, once per recipient, durably, and only when it asks 
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,36 +32,22 @@ from tests.adapters._partner_helpers_rest import (
     SEM,
     Approach,
     open_partner_adapter,
-    start_approach,
     velsen_sends,
 )
 from tests.adapters.conftest import Net
 from tests.adapters.fake_system import FakeCaseSystem, FakeDestination, FakeMapping, FakeSource
-
-PN_DAAN = "PN-1004711"
-PN_SEM = "PN-1009932"
-
-
-@pytest.fixture
-async def police_system() -> AsyncIterator[FakePoliceSystem]:
-    async with FakePoliceSystem() as system:
-        system.add_person(PN_DAAN, DAAN.given_name, DAAN.family_name, DAAN.date_of_birth)
-        system.add_person(PN_SEM, SEM.given_name, SEM.family_name, SEM.date_of_birth)
-        yield system
+from tests.adapters.test_partner_police import (  # noqa: F401 - police_system is a fixture
+    PN_DAAN,
+    police_system,
+)
+from tests.adapters.test_partner_police import scene as police_scene
+from tests.adapters.test_partner_police import system_toml as police_toml
 
 
 def system_toml(fake: FakePoliceSystem, *, deliveries: bool = True) -> str:
-    lines = [
-        "[system]",
-        'transport = "police-rest"',
-        'listen = "127.0.0.1:0"',
-        f'webhook_url = "{fake.webhook_url}"',
-        f'refusals_url = "{fake.refusals_url}"',
-        "timeout_s = 5",
-    ]
-    if deliveries:
-        lines.append(f'incidents_url = "{fake.incidents_url}"')
-    return "\n".join(lines) + "\n"
+    """The police adapter's ``[system]``; with ``incidents_url`` when it reports deliveries."""
+    extra = {"incidents_url": fake.incidents_url} if deliveries else {}
+    return police_toml(fake, **extra)
 
 
 @dataclass
@@ -89,16 +74,11 @@ class Scene:
 
 
 async def scene(net: Net, fake: FakePoliceSystem, *, deliveries: bool = True) -> Scene:
-    """Velsen starts an approach about Daan and Sem for the police and Halt; both take the
-    notice in (the police through the fake police system's webhook)."""
-    approach, velsen = await start_approach(net, to=("politie-ijmond", "halt"))
-    police = await open_partner_adapter(
-        net, "politie-ijmond", system_toml(fake, deliveries=deliveries)
-    )
-    halt = await net.adapter("halt")
-    assert len((await police.receive_once()).applied) == 1
-    assert len((await halt.receive_once()).applied) == 1
-    return Scene(approach, velsen, police, halt, fake)
+    """The police tests' scene (Velsen's approach about Daan and Sem, taken in by the police
+    and Halt), with or without delivery reports."""
+    extra = {"incidents_url": fake.incidents_url} if deliveries else {}
+    base = await police_scene(net, fake, **extra)
+    return Scene(base.approach, base.velsen, base.police, base.halt, base.fake)
 
 
 def iso(unix: int) -> str:
@@ -106,7 +86,8 @@ def iso(unix: int) -> str:
 
 
 async def test_delivery_to_halt_is_annotated_on_the_incident_once(
-    net: Net, police_system: FakePoliceSystem
+    net: Net,
+    police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
 ) -> None:
     s = await scene(net, police_system)
     assert isinstance(s.police.transport.destination, DeliveryReporter)
@@ -141,7 +122,8 @@ async def test_delivery_to_halt_is_annotated_on_the_incident_once(
 
 
 async def test_each_recipient_of_a_message_is_one_delivery(
-    net: Net, police_system: FakePoliceSystem
+    net: Net,
+    police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
 ) -> None:
     s = await scene(net, police_system)
     message_id = await s.incident("PL1200-2026-0700002", ["gemeente-velsen", "halt"])
@@ -168,7 +150,9 @@ DOWN: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("case", list(DOWN))
 async def test_police_system_down_reports_the_delivery_on_a_later_pass(
-    net: Net, police_system: FakePoliceSystem, case: str
+    net: Net,
+    police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
+    case: str,
 ) -> None:
     s = await scene(net, police_system)
     message_id = await s.incident("PL1200-2026-0700003", ["halt"])
@@ -196,7 +180,8 @@ async def test_police_system_down_reports_the_delivery_on_a_later_pass(
 
 
 async def test_a_failing_incident_api_does_not_hold_up_refusal_reports(
-    net: Net, police_system: FakePoliceSystem
+    net: Net,
+    police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
 ) -> None:
     s = await scene(net, police_system)
     message_id = await s.incident("PL1200-2026-0700004", ["halt"])
@@ -228,7 +213,8 @@ class RejectingDestination:
 
 
 async def test_a_rejection_is_reported_as_a_refusal_not_a_delivery(
-    net: Net, police_system: FakePoliceSystem
+    net: Net,
+    police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
 ) -> None:
     s = await scene(net, police_system)
     # Halt's adapter now runs beside a case system that refuses what it is sent.
@@ -259,7 +245,8 @@ async def test_a_rejection_is_reported_as_a_refusal_not_a_delivery(
 
 
 async def test_police_without_incidents_url_reports_no_deliveries(
-    net: Net, police_system: FakePoliceSystem
+    net: Net,
+    police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
 ) -> None:
     s = await scene(net, police_system, deliveries=False)
     assert not isinstance(s.police.transport.destination, DeliveryReporter)
@@ -296,7 +283,8 @@ class ReportingDestination(FakeDestination):
 
 
 async def test_destination_without_report_delivery_is_unchanged_and_never_flooded(
-    net: Net, police_system: FakePoliceSystem
+    net: Net,
+    police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
 ) -> None:
     s = await scene(net, police_system)
     system = net.system("gemeente-velsen")
@@ -336,7 +324,8 @@ async def test_destination_without_report_delivery_is_unchanged_and_never_floode
 
 
 async def test_deliveries_pending_when_reporting_is_switched_off_are_dropped_not_kept(
-    net: Net, police_system: FakePoliceSystem
+    net: Net,
+    police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
 ) -> None:
     s = await scene(net, police_system)
     message_id = await s.incident("PL1200-2026-0700008", ["halt"])
