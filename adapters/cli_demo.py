@@ -86,7 +86,8 @@ def run_demo_command(args: argparse.Namespace, init: InitDeployment) -> int:
         return EXIT_USAGE
     try:
         ok = asyncio.run(run_demo(options, init, sys.stdout))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"{PROG}: error: stopped by a signal before the demo was ready", file=sys.stderr)
         return EXIT_FAILED
     except (DemoError, AdapterError, KeysError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -1155,17 +1155,14 @@ def _logs_to(path: Path) -> Iterator[None]:
 
 
 async def _wait_for_interrupt() -> None:
+    """Serve until SIGINT or SIGTERM: the signals now end the wait (a normal stop, exit 0)
+    instead of cancelling the demo."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.remove_signal_handler(sig)
+    await stop.wait()
 
 
 async def _play(
@@ -1242,6 +1239,31 @@ async def run_demo(options: DemoOptions, init: InitDeployment, out: TextIO) -> b
     scenario is not played (it needs every partner), and what a developer needs to run an
     adapter in their place is printed instead; the demo then serves until Ctrl-C or SIGTERM
     and returns ``True``."""
+    # A SIGINT or SIGTERM before the demo serves (while it starts or plays) cancels it, so the
+    # clean-up below still stops the gateway subprocess, the adapters and the fakes; the
+    # default action would end the process and leave the gateway running.
+    with _cancelled_by_signals():
+        return await _run_demo(options, init, out)
+
+
+@contextlib.contextmanager
+def _cancelled_by_signals() -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        if task is not None:
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+async def _run_demo(options: DemoOptions, init: InitDeployment, out: TextIO) -> bool:
     folder = options.folder or Path(tempfile.mkdtemp(prefix="ketenpost-demo-"))
     timeline = Timeline(out)
     gateway = Gateway(folder, free_port())

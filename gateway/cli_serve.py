@@ -163,7 +163,11 @@ def run_migrate(args: argparse.Namespace) -> int:
         else:
             applied = _migrate_postgres(config, args.dry_run)
     except ImportError:
-        return _error("store.url: a postgresql:// store needs the postgres extra", EXIT_BAD_CONFIG)
+        return _error(
+            "store.url: a postgresql:// store needs the postgres extra: "
+            "pip install 'ketenpost[postgres]'",
+            EXIT_BAD_CONFIG,
+        )
     except ValueError as exc:  # the store refused the URL
         return _error(f"store.url: {exc}", EXIT_BAD_CONFIG)
     except Exception as exc:  # database and OS errors: one line, exit 1

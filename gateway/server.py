@@ -253,7 +253,8 @@ def make_store(config: GatewayConfig, signer: GatewaySigner) -> RelayStore:
         from gateway.store.postgres import PostgresStore  # noqa: PLC0415
     except ImportError:
         raise ConfigError(
-            "store.url", "a postgresql:// store needs the postgres extra (asyncpg)"
+            "store.url",
+            "a postgresql:// store needs the postgres extra: pip install 'ketenpost[postgres]'",
         ) from None
     password = config.store.password.reveal() if config.store.password is not None else None
     try:

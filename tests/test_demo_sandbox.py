@@ -251,3 +251,61 @@ def test_a_fault_needs_the_scenario(
     monkeypatch.setenv(FAULT_ENV, "stop:cjg@incident")
     assert ketenpost.main(["demo", "--without", "om"]) == 2
     assert FAULT_ENV in capsys.readouterr().err
+
+
+def _gateways_of(folder: Path) -> list[int]:
+    """Pids of ``ketenpost serve`` processes whose configuration lies in ``folder``."""
+    config = str(folder / "gateway.toml").encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and config in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_sigterm_while_the_demo_starts_stops_its_gateway_too(tmp_path: Path) -> None:
+    """Before the demo serves (here: as soon as its gateway is up, while the adapters start and
+    the scenario plays) a SIGTERM cancels it: its gateway subprocess is stopped with it, not
+    left running, and the demo says why it ended."""
+    folder = tmp_path / "demo"
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop(FAULT_ENV, None)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "ketenpost", "demo", "--dir", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        lines = _lines(demo.stdout)  # type: ignore[arg-type]
+        seen: list[str] = []
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not any("gateway serving on" in ln for ln in seen):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None:
+                pytest.fail("the demo exited before its gateway served:\n" + "\n".join(seen))
+            seen.append(line)
+        assert _gateways_of(folder), "the demo's gateway subprocess is not running"
+        demo.send_signal(signal.SIGTERM)
+        code = demo.wait(timeout=STOP_TIMEOUT_S)
+        assert demo.stderr is not None
+        assert code == 1
+        assert "stopped by a signal before the demo was ready" in demo.stderr.read()
+        assert not any(READY_LINE in ln for ln in seen)
+        _poll("the gateway subprocess gone", lambda: True if not _gateways_of(folder) else None, 10)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in _gateways_of(folder):
+            os.kill(pid, signal.SIGKILL)
+        for stream in (demo.stdout, demo.stderr):
+            if stream is not None:
+                stream.close()

@@ -134,4 +134,4 @@ def test_a_postgresql_store_asks_for_the_extra(deployment: Path, verb: tuple[str
     assert done.returncode == 2, done.stderr
     line = _one_error_line(done)
     assert "store.url:" in line
-    assert EXTRA in line
+    assert line.endswith(f"{EXTRA}: {PIP}")
