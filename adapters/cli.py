@@ -35,7 +35,7 @@ from typing import Any, Final, TextIO
 
 import msgspec
 
-from adapters import cli_processing_log
+from adapters import cli_failed, cli_processing_log
 from adapters.base import SystemClock
 from adapters.config import (
     ADAPTER_TOML,
@@ -145,6 +145,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     configure.set_defaults(handler=configure_adapter)
     cli_processing_log.register(verbs)
+    cli_failed.register(verbs)
 
 
 def _error(message: object, code: int) -> int:

@@ -63,6 +63,31 @@ def parse_since(value: str | None) -> int:
     return int(moment.timestamp() * 1000)
 
 
+class StoreUnavailable(Exception):
+    """``open_store`` failed: the one line to print and the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def open_store(config_path: Path) -> AdapterStore:
+    """The ``adapter.db`` of the adapter configured in ``config_path``, for the read-only verbs
+    (``processing-log``, ``failed``). Raises ``StoreUnavailable`` (exit 2 for a bad
+    configuration, 1 when there is no store yet or it cannot be opened)."""
+    try:
+        config = load_adapter_config(config_path)
+    except AdapterConfigError as exc:
+        raise StoreUnavailable(str(exc), EXIT_BAD_CONFIG) from None
+    path = config.path(config.store.path)
+    if not path.exists():
+        raise StoreUnavailable(f"{path}: no adapter store (has the adapter run?)", EXIT_FAILED)
+    try:
+        return AdapterStore(path)
+    except AdapterError as exc:
+        raise StoreUnavailable(str(exc), EXIT_FAILED) from None
+
+
 def run_processing_log(args: argparse.Namespace) -> int:
     try:
         since = parse_since(args.since)
@@ -70,19 +95,10 @@ def run_processing_log(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: --since: not a date, time or Unix seconds", file=sys.stderr)
         return EXIT_BAD_CONFIG
     try:
-        config = load_adapter_config(args.config)
-    except AdapterConfigError as exc:
+        store = open_store(args.config)
+    except StoreUnavailable as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    path = config.path(config.store.path)
-    if not path.exists():
-        print(f"{PROG}: error: {path}: no adapter store (has the adapter run?)", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        store = AdapterStore(path)
-    except AdapterError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.code
     try:
         for line in store.processing_records(since):
             sys.stdout.write(line + "\n")

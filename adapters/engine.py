@@ -1101,7 +1101,8 @@ class Adapter:
                 await destination.report_refusal(
                     row.record_id, Refusal(row.message_id, by, reason, detail)
                 )
-            except DestinationUnavailableError:
+            except DestinationUnavailableError as exc:
+                _report_deferred("report_refusal", exc)
                 return
             self.store.mark_refusal_reported(row.message_id)
         for message_id, recipient, kind, why in self.store.unreported_outcomes():
@@ -1115,7 +1116,8 @@ class Adapter:
                     outbox_row.record_id,
                     Refusal(message_id, by, why or kind, recipient=recipient),
                 )
-            except DestinationUnavailableError:
+            except DestinationUnavailableError as exc:
+                _report_deferred("report_refusal", exc)
                 return
             self.store.mark_outcome_reported(message_id, recipient)
 
@@ -1136,7 +1138,8 @@ class Adapter:
                     await reporter.report_delivery(
                         outbox_row.record_id, Delivered(message_id, recipient, at)
                     )
-                except DestinationUnavailableError:
+                except DestinationUnavailableError as exc:
+                    _report_deferred("report_delivery", exc)
                     return
                 self.metrics.delivery_reported()
             self.store.mark_outcome_reported(message_id, recipient)
@@ -1921,6 +1924,11 @@ class Adapter:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+
+
+def _report_deferred(step: str, exc: DestinationUnavailableError) -> None:
+    """A report the partner system could not take now: one line, asked again next pass."""
+    logger.warning("report_deferred", extra={"step": step, "detail": str(exc)})
 
 
 def adapter_db_path(config: AdapterConfig) -> Path:

@@ -172,6 +172,11 @@ class TransportRegistry:
         self._factories[name] = factory
         return factory
 
+    def target(self, name: str) -> str:
+        """Where ``name`` comes from, for the log: its ``module:function`` (built in or an
+        installed package's entry point), or ``registered in code``."""
+        return self._lazy.get(name, "registered in code")
+
     def create(self, config: AdapterConfig, clock: Clock) -> Transport:
         """The transport ``config.system["transport"]`` names, built from ``config``."""
         name = config.system.get("transport")
@@ -179,7 +184,9 @@ class TransportRegistry:
             raise AdapterConfigError(
                 f'{config.base}/adapter.toml: [system] transport = "NAME" is missing'
             )
-        return self.factory(name)(config, clock)
+        transport = self.factory(name)(config, clock)
+        logger.info("transport_loaded", extra={"detail": f"{name} = {self.target(name)}"})
+        return transport
 
 
 def installed_transports() -> tuple[dict[str, str], dict[str, str]]:

@@ -77,3 +77,6 @@ def test_an_ignored_entry_point_is_logged_with_its_detail(
         "shadow_trial declares the built-in transport 'halt-csv'"
     ]
     assert ignored[0]["level"] == "warning"
+    # Which transport runs, and where it comes from, is the start-up's first word on it.
+    loaded = [x["detail"] for x in lines if x.get("event") == "transport_loaded"]
+    assert loaded == ["halt-csv = adapters.partners.halt:create_transport"]

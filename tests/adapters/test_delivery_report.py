@@ -5,6 +5,7 @@ Velsen) received its signal, once per recipient, durably, and only when it asks 
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,14 +154,21 @@ async def test_police_system_down_reports_the_delivery_on_a_later_pass(
     net: Net,
     police_system: FakePoliceSystem,  # noqa: F811 - the police tests' fixture
     case: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     s = await scene(net, police_system)
     message_id = await s.incident("PL1200-2026-0700003", ["halt"])
     assert (await s.halt.receive_once()).applied == [message_id]
     for name, value in DOWN[case].items():
         setattr(police_system, name, value)
-    await s.police.receive_once()
-    await s.police.report_outcomes()
+    with caplog.at_level(logging.WARNING, logger="adapters.engine"):
+        await s.police.receive_once()
+        await s.police.report_outcomes()
+    # Said in the log, one line a pass, with the step (nothing silent while it waits).
+    deferred = [r for r in caplog.records if r.getMessage() == "report_deferred"]
+    assert deferred
+    assert {getattr(r, "step", None) for r in deferred} == {"report_delivery"}
+    assert all(r.exc_info is None for r in deferred)
     # Recorded, not reported: it waits, durably, for the police system.
     assert s.police.store.outcomes(message_id) == {"halt": ("receipt", None)}
     assert [(m, r) for m, r, _ in s.police.store.unreported_deliveries()] == [(message_id, "halt")]

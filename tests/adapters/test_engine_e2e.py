@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
+import ketenpost
 from adapters.engine import Adapter, FaultPoint
 from gateway.protocol.reasons import Reason
 from gateway.protocol.token import TokenSubject
@@ -198,7 +202,9 @@ async def test_destination_down_acknowledges_nothing(net: Net) -> None:
     assert len(got.applied) == 1
 
 
-async def test_malformed_records_go_to_the_failed_place(net: Net) -> None:
+async def test_malformed_records_go_to_the_failed_place(
+    net: Net, capsys: pytest.CaptureFixture[str]
+) -> None:
     await start_approach(net)
     police = net.open_adapters[1]
     system = net.system("politie-ijmond")
@@ -216,6 +222,23 @@ async def test_malformed_records_go_to_the_failed_place(net: Net) -> None:
     # The cursor moved past them: reading again does not count them twice.
     assert await police.ingest_once() == 0
     assert [r.record_id for r in police.store.outbox()] == ["OK-1"]
+
+    # ``ketenpost adapter failed`` shows them with their reports (the log names neither);
+    # the record's bytes only with --data.
+    capsys.readouterr()
+    config = str(net.folder("politie-ijmond") / "adapter.toml")
+    assert ketenpost.main(["adapter", "failed", "--config", config]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["record_id"], d["report"], d["size"]) for d in shown] == [
+        (f.record_id, f.report, len(f.data)) for f in failed
+    ]
+    assert all("data" not in d for d in shown)
+    assert ketenpost.main(["adapter", "failed", "--config", config, "--data"]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert base64.b64decode(first["data"]) == b"{not json"
+    missing = net.folder("politie-ijmond") / "nowhere.toml"
+    assert ketenpost.main(["adapter", "failed", "--config", str(missing)]) == 2
+    assert capsys.readouterr().err.startswith("ketenpost: error: ")
 
 
 async def test_refusals_are_reported_to_the_partner_system(net: Net) -> None:
