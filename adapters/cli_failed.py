@@ -18,10 +18,9 @@ import base64
 import datetime
 import json
 import sys
-from pathlib import Path
 from typing import Any, Final
 
-from adapters.cli_processing_log import PROG, StoreUnavailable, open_store
+from adapters.cli_processing_log import PROG, StoreUnavailable, add_store_verb, open_store
 from adapters.outbox import FailedRecord
 
 EXAMPLES: Final = """\
@@ -32,13 +31,12 @@ examples:
 
 
 def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    failed = verbs.add_parser(
+    failed = add_store_verb(
+        verbs,
         "failed",
-        help="print the records put in the failed place, with their reports, as JSON lines",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "print the records put in the failed place, with their reports, as JSON lines",
+        EXAMPLES,
     )
-    failed.add_argument("--config", required=True, type=Path, metavar="FILE")
     failed.add_argument(
         "--data", action="store_true", help="include each record's bytes (base64, field data)"
     )

@@ -34,14 +34,24 @@ examples:
 """
 
 
-def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    log = verbs.add_parser(
-        "processing-log",
-        help="print the processing log (Logboek Dataverwerkingen) as JSON lines",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def add_store_verb(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, examples: str
+) -> argparse.ArgumentParser:
+    """A read-only ``ketenpost adapter NAME --config FILE`` verb over ``adapter.db``."""
+    parser = verbs.add_parser(
+        name, help=help, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    log.add_argument("--config", required=True, type=Path, metavar="FILE")
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE")
+    return parser
+
+
+def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    log = add_store_verb(
+        verbs,
+        "processing-log",
+        "print the processing log (Logboek Dataverwerkingen) as JSON lines",
+        EXAMPLES,
+    )
     log.add_argument(
         "--since",
         metavar="WHEN",
