@@ -16,15 +16,26 @@ Rules kept here (DESIGN.md "The relay decision", "Delivery", "Audit log"):
   (``no_token``: the all-zero token id) and registered (``token_not_registered``, transient) with
   the header's hash; token signature; issuer, coordinator, key, validity, revocation,
   supersession, policy (``token.check_token_status``); ``expires_at`` within the message
-  lifetime; ``token.check_use`` (valid_until, subjects, participants, policy ∩ token); every
-  recipient kid a usable ``encrypt`` key of that recipient (``recipient_key_invalid``).
+  lifetime; ``token.check_use`` (valid_until, subjects, participants, policy ∩ token); no
+  recipient has left the covenant (``left_at`` reached: ``unknown_recipient``, as for a partner
+  the directory does not list; a sender that has left is already ``unknown_sender`` by its TLS
+  identity); every recipient kid a usable ``encrypt`` key of that recipient
+  (``recipient_key_invalid``).
 * Only the token's **signature** check is cached, keyed by the registered token hash; status,
   validity, subjects, participants, types and keys run for every message.
 * Every refusal is counted (``ketenpost_refused_total{reason,sender}``) and audited. A refusal
   before the outer signature verified records only the TLS identity, the header hash (when the
   header decoded) and the reason (``AuditEntry.unverified_refusal``): nothing else in such a
-  header is authenticated. If a refusal's audit entry cannot be written the answer becomes
-  ``audit_unavailable``; if the store cannot commit, ``store_unavailable`` (both transient).
+  header is authenticated. After it verified, a refusal records the header's metadata, but its
+  **subject pseudonyms only once the header's token was found registered with the header's
+  hash** (the checks from the token's signature on): retention deletes an entry only under a
+  registered token (``Store.apply_retention``), so the subjects in a refusal under no such token
+  (``no_token``, ``token_not_registered``, ``token_hash_mismatch``, and those before the token
+  is looked up: ``created_in_future``, ``expired``, ``duplicate_id``, …) would never be deleted.
+  Such an entry keeps time, decision, reason, sender, recipients, type, token id (as the header
+  gives it), policy hash, header hash and trace id. If a refusal's audit entry cannot be written
+  the answer becomes ``audit_unavailable``; if the store cannot commit, ``store_unavailable``
+  (both transient).
 * A sender key whose known ``compromised_since`` has passed is refused as ``key_compromised``
   at once, even while its ``revoked_at`` lies ahead (compromise windows are judged at the
   gateway's receive time).
@@ -232,6 +243,14 @@ class Refusal(GatewayError):
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
+
+
+class _RefusedUnderToken(Refusal):
+    """A refusal by a check after the header's token was found registered with the header's
+    hash (``Relay._check_under_token``). Only such a refusal's audit entry records the
+    header's subjects: it is filed under that registered token, whose retention deadline
+    deletes it (``Store.apply_retention``). Any other refusal names no registered token, so
+    nothing would ever delete pseudonyms recorded in it."""
 
 
 class DirectorySource(Protocol):
@@ -710,7 +729,8 @@ class Relay:
             sealed: AuditRecord | Refusal
             try:
                 sealed = _record(
-                    self._entry(header, header_hash, directory, now, None), header.token_id
+                    self._entry(header, header_hash, directory, now, None, with_subjects=True),
+                    header.token_id,
                 )
             except Refusal as failed:
                 sealed = failed
@@ -720,21 +740,27 @@ class Relay:
             )
         except DuplicateMessageError:
             duplicate = Refusal(Reason.DUPLICATE_ID, "message id already accepted with other bytes")
-            raise await self._refused(
-                duplicate, self._entry(header, header_hash, directory, now, duplicate.code), header
-            ) from None
+            entry = self._entry(
+                header, header_hash, directory, now, duplicate.code, with_subjects=False
+            )
+            raise await self._refused(duplicate, entry, header) from None
         except StoreError as exc:
             self.metrics.store_error("accept")
             unavailable = Refusal(Reason.STORE_UNAVAILABLE, str(exc))
-            raise await self._refused(
-                unavailable,
-                self._entry(header, header_hash, directory, now, unavailable.code),
-                header,
-            ) from None
+            entry = self._entry(
+                header, header_hash, directory, now, unavailable.code, with_subjects=False
+            )
+            raise await self._refused(unavailable, entry, header) from None
         except Refusal as refusal:
-            raise await self._refused(
-                refusal, self._entry(header, header_hash, directory, now, refusal.code), header
-            ) from None
+            entry = self._entry(
+                header,
+                header_hash,
+                directory,
+                now,
+                refusal.code,
+                with_subjects=isinstance(refusal, _RefusedUnderToken),
+            )
+            raise await self._refused(refusal, entry, header) from None
         if accepted.first_time:
             self.metrics.accepted(partner.id, sub.recipients, sub.message_type)
             logger.info(
@@ -798,6 +824,19 @@ class Relay:
         if header.token_hash != row.token_hash:
             raise Refusal(Reason.TOKEN_HASH_MISMATCH, "token hash differs from the registered one")
         try:
+            self._check_under_token(row, header, directory, now)
+        except Refusal as refusal:
+            raise _RefusedUnderToken(refusal.code, refusal.detail) from None
+        if isinstance(sealed, Refusal):
+            raise sealed
+        return sealed
+
+    def _check_under_token(
+        self, row: TokenRow, header: Header, directory: Directory, now: int
+    ) -> None:
+        """The checks once the header's token is found registered with the header's hash, in
+        DESIGN.md's order (part of ``_token_check``). Raises ``Refusal``."""
+        try:
             token = self._verified_token(row, directory)
             check_token_status(
                 token,
@@ -824,6 +863,15 @@ class Relay:
             )
         except ProtocolError as exc:
             raise Refusal(exc.reason, str(exc)) from None
+        # A partner that has left is neither sender nor recipient from ``left_at`` on
+        # (protocol §5.3): to a sender it is no longer a partner, the same final
+        # ``unknown_recipient`` as one the directory no longer lists. (A sender that has left
+        # is refused as ``unknown_sender`` already, by its TLS identity.) Checked before the
+        # recipients' keys, which ``keys.rotation.remove_partner`` retires at that same time:
+        # the transient ``recipient_key_invalid`` would have the sender reseal for nothing.
+        for entry in header.recipients:
+            if _has_left(directory, entry.partner, now):
+                raise Refusal(Reason.UNKNOWN_RECIPIENT, f"{entry.partner} has left the covenant")
         for entry in header.recipients:
             try:
                 key = directory.owned_key(entry.partner, entry.kid, KeyUse.ENCRYPT)
@@ -833,9 +881,6 @@ class Relay:
                     Reason.RECIPIENT_KEY_INVALID,
                     f"the key for {entry.partner} is not a usable encrypt key",
                 ) from None
-        if isinstance(sealed, Refusal):
-            raise sealed
-        return sealed
 
     def _verified_token(self, row: TokenRow, directory: Directory) -> ApproachToken:
         with self._token_cache_lock:
@@ -897,7 +942,13 @@ class Relay:
         directory: Directory,
         now: int,
         reason: Reason | None,
+        *,
+        with_subjects: bool,
     ) -> AuditEntry:
+        """The entry of a decision on a verified header. ``with_subjects`` only where the
+        entry is filed under a token registered with the header's hash (an acceptance, a
+        ``_RefusedUnderToken``): retention deletes an entry only under its registered token,
+        so pseudonyms anywhere else would stay for good (DESIGN.md "Audit log")."""
         return AuditEntry(
             time=now,
             decision=AuditDecision.ACCEPTED if reason is None else AuditDecision.REFUSED,
@@ -906,7 +957,7 @@ class Relay:
             recipients=tuple(r.partner for r in header.recipients),
             message_type=header.message_type,
             token_id=header.token_id,
-            subjects=tuple(header.subjects),
+            subjects=tuple(header.subjects) if with_subjects else (),
             policy_hash=self._policy_hash(directory),
             header_hash=header_hash,
             trace_id=_trace(header),
@@ -1593,6 +1644,15 @@ def _signature_void(delivery: PendingDelivery, revoked: dict[str, DirectoryKey],
     except KeyStateError:
         return True
     return False
+
+
+def _has_left(directory: Directory, partner_id: str, now: int) -> bool:
+    """Whether ``partner_id`` has left the covenant by ``now`` (``left_at`` reached)."""
+    try:
+        left_at = directory.partner(partner_id).left_at
+    except DirectoryError:
+        return False  # not a partner at all: ``check_use`` refuses it as unknown_recipient
+    return left_at is not None and now >= left_at
 
 
 def _next_due(directory: Directory, now: int) -> int | None:

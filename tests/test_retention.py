@@ -177,7 +177,7 @@ async def test_a_late_entry_naming_a_retained_token_is_swept_too(net: Net) -> No
     [first] = await sweeper.sweep()
     assert first.token == 1
     # The token is gone for the relay: a late message naming it is refused, and its refusal
-    # entry (which records the subjects) goes at the next sweep.
+    # entry (filed under the tombstoned token; it names no subject) goes at the next sweep.
     police = await gw.client("politie-ijmond")
     envelope = gw.seal(token, sender="politie-ijmond", to=("halt",))
     with pytest.raises(Exception, match="token_not_registered"):

@@ -45,6 +45,9 @@ REJECTION: Final = b"ketenpost/v1/receipt/rejection"
 # Audit log: a leaf is the hash of a salted entry. (Checkpoints use the C2SP signed-note
 # format, which has its own key-name binding; see ``gateway.audit``.)
 AUDIT_ENTRY: Final = b"ketenpost/v1/audit/entry"
+# A partner's signed statement of the largest checkpoint it verified (``adapters.witness``):
+# signed with its ``sign`` key, so it must never pass for a receipt, rejection or envelope.
+WITNESS_STATEMENT: Final = b"ketenpost/v1/witness/statement"
 
 ALL_LABELS: Final[tuple[bytes, ...]] = (
     ENVELOPE_OUTER,
@@ -61,6 +64,7 @@ ALL_LABELS: Final[tuple[bytes, ...]] = (
     DELIVERY_RECEIPT,
     REJECTION,
     AUDIT_ENTRY,
+    WITNESS_STATEMENT,
 )
 
 

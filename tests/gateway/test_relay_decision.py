@@ -17,7 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.client import GatewayUnreachableError, RefusedError
 from gateway.audit import AuditVerifyError, verify_log
+from gateway.protocol.auditentry import AuditDecision, AuditEntry, decode_entry
 from gateway.protocol.checkpoint import verify_checkpoint
+from gateway.protocol.envelope import decode_envelope
 from gateway.protocol.merkle import (
     ConsistencyProof,
     InclusionProof,
@@ -27,7 +29,9 @@ from gateway.protocol.merkle import (
 from gateway.protocol.reasons import Reason
 from gateway.protocol.token import ApproachToken, TokenSubject, revoke
 from gateway.protocol.types import MessageType, new_pseudonym
+from gateway.retention import RetentionSweeper
 from gateway.signer import encode_signed_object
+from gateway.subject_access import build_report
 from keys import KeyUse
 from keys.ca import PartnerSubject, create_ca, issue_partner_certificate, write_certificates_pem
 from keys.keyfile import write_tls_key
@@ -320,6 +324,131 @@ async def test_revocation_racing_submissions_never_delivers_after_commit(gateway
         for message_id in [*accepted, leased[0].message_id]:
             status = await police.message_status(message_id)
             assert [r["state"] for r in status["recipients"]] == ["purged"]
+
+
+# -- which refusals record the header's subjects ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A refusal after the outer signature verified, and whether its audit entry names the
+    header's subjects: only under a token registered with the header's hash, whose retention
+    deadline deletes the entry (``Store.apply_retention``); nothing would delete the others."""
+
+    name: str
+    reason: Reason
+    build: Callable[[Gw], Awaitable[bytes]]
+    with_subjects: bool
+
+
+RECORDED = [
+    # No registered token: the subjects would stay for good.
+    Recorded("no_token", Reason.NO_TOKEN, lambda gw: _const(gw.seal(None)), False),
+    Recorded("token_not_registered", Reason.TOKEN_NOT_REGISTERED, _unregistered, False),
+    Recorded(
+        "token_hash_mismatch",
+        Reason.TOKEN_HASH_MISMATCH,
+        lambda gw: _plain(gw, token_hash_="11" * 32),
+        False,
+    ),
+    # Before the token is looked up at all.
+    Recorded(
+        "created_in_future",
+        Reason.CREATED_IN_FUTURE,
+        lambda gw: _plain(gw, created_at=gw.clock.now() + 3600),
+        False,
+    ),
+    # Under a registered token: recorded, and deleted at that token's retention deadline.
+    Recorded("token_revoked", Reason.TOKEN_REVOKED, _revoked, True),
+    Recorded("subject_not_in_token", Reason.SUBJECT_NOT_IN_TOKEN, _stranger_subject, True),
+    Recorded(
+        "recipient_not_participant",
+        Reason.RECIPIENT_NOT_PARTICIPANT,
+        _recipient_not_participant,
+        True,
+    ),
+]
+
+
+async def _entries(gw: Gw) -> list[tuple[int, AuditEntry | None]]:
+    return [
+        (index, decode_entry(entry) if entry is not None else None)
+        for index, _leaf, entry, _salt in await gw.store.audit_leaves()
+    ]
+
+
+@pytest.mark.parametrize("case", RECORDED, ids=[c.name for c in RECORDED])
+async def test_a_refusal_records_subjects_only_under_a_registered_token(
+    gateway: Gw, case: Recorded
+) -> None:
+    gw = gateway
+    envelope = await case.build(gw)
+    header = decode_envelope(envelope).header
+    client = await gw.client("politie-ijmond")
+    with pytest.raises(RefusedError) as refused:
+        await client.submit(envelope)
+    assert refused.value.reason is case.reason
+    entry = (await _entries(gw))[-1][1]
+    assert entry is not None
+    assert (entry.decision, entry.reason) == (AuditDecision.REFUSED, case.reason.value)
+    assert entry.subjects == (tuple(header.subjects) if case.with_subjects else ())
+    # The rest of the verified header's metadata is kept either way.
+    assert (entry.sender, entry.recipients, entry.message_type, entry.token_id) == (
+        header.sender,
+        tuple(r.partner for r in header.recipients),
+        header.message_type,
+        header.token_id,
+    )
+    assert entry.header_hash is not None
+    assert entry.trace_id is not None
+    assert entry.tls_identity is None
+
+
+async def test_no_pseudonym_of_a_refusal_outlives_the_retention_deadline(gateway: Gw) -> None:
+    gw = gateway
+    registered = gw.issue_token()
+    await _register(gw, registered)
+    unregistered = gw.issue_token()
+    police = await gw.client("politie-ijmond")
+    stranger = new_pseudonym()
+    for envelope in (
+        gw.seal(registered, subjects=tuple(sorted((*registered.subjects, stranger)))),
+        gw.seal(unregistered),
+        gw.seal(None, subjects=(stranger,)),
+    ):
+        with pytest.raises(RefusedError):
+            await police.submit(envelope)
+    before = await _entries(gw)
+    refusals = [(i, e) for i, e in before if e is not None and e.decision is AuditDecision.REFUSED]
+    assert [(e.reason, e.token_id, e.subjects) for _i, e in refusals] == [
+        (
+            Reason.SUBJECT_NOT_IN_TOKEN.value,
+            registered.token_id,
+            tuple(sorted((*registered.subjects, stranger))),
+        ),
+        (Reason.TOKEN_NOT_REGISTERED.value, unregistered.token_id, ()),
+        (Reason.NO_TOKEN.value, "0" * 32, ()),
+    ]
+    # A subject-access request finds no refusal that names no subject.
+    report = await build_report(
+        gw.store,
+        gw.directory,
+        [*unregistered.subjects],
+        origin=gw.built.config.gateway.origin,
+        now=gw.clock.now(),
+    )
+    assert report.rows == ()
+
+    gw.clock.advance(366 * DAY)
+    [retained] = await RetentionSweeper(gw.store, gw.clock, gw.metrics).sweep()
+    assert retained.token_id == registered.token_id
+    after = dict(await _entries(gw))
+    # The refusal under the registered token went with it; the others stay, naming no one.
+    assert after[refusals[0][0]] is None
+    assert after[refusals[1][0]] is not None
+    assert after[refusals[2][0]] is not None
+    pseudonyms = {*registered.subjects, *unregistered.subjects, stranger}
+    assert not any(e is not None and pseudonyms & set(e.subjects) for e in after.values())
 
 
 async def test_metrics_count_and_carry_no_identifiers(gateway: Gw) -> None:
