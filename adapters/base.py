@@ -263,6 +263,8 @@ class InboundMessage:
     subjects: tuple[str, ...]
     body: CaseMessage
     body_bytes: bytes
+    # The gateway's audited acceptance time, verified against the message's acceptance
+    # receipt and the audit log (``adapters.acceptance``).
     accepted_at: int
     received_at: int
     trace_id: str

@@ -40,8 +40,18 @@ Rules kept here (age's command-line style, house rule 10):
   (``adapters.role_details.details_for_role``, the rule the ZGW adapter applies; ADR 9).
   All notices are sealed before the first is submitted, so a local problem sends nothing.
 * ``inbox`` checks what it receives as an adapter does, trusting nothing the gateway checked:
-  ``open_envelope`` with the partner's own keys, the token (fetched from the gateway, verified
-  here, at the gateway's audited ``accepted_at``), policy ∩ token, the schema. With ``--ack``
+  first the acceptance (``adapters.acceptance.check_delivery_acceptance``, the adapter
+  engine's check: the delivery's acceptance receipt verified as a sender verifies its own,
+  its ``accepted_at`` equal to the inbox's and within the bounds); then ``open_envelope``
+  with the partner's own keys, the sender key judged at that **verified** ``accepted_at``; the
+  token (fetched from the gateway, verified here) and policy ∩ token at **our** time, as the
+  engine judges them; the schema. A delivery whose acceptance does not hold is neither
+  answered nor rejected (the sender did nothing wrong): it is an ``"alarm"`` line
+  (``"alarm": "delivery"``), one ``ketenpost: error:`` line on stderr, and exit status 1; a
+  receipt's checkpoint inconsistent with the log witnessed is the same (``"alarm":
+  "witness"``), the delivery judged on as the engine does. The witness state is the partner
+  folder's ``adapter.db`` when there is one (a partner that also runs the adapter), otherwise
+  this run's own, forgotten after (the CLI never witnesses the head itself). With ``--ack``
   it answers each message with a signed delivery receipt, or a signed rejection with the
   reason, and acknowledges verified sender events.
 * The time is read once per command, at this edge, and passed down (house rule 5).
@@ -61,18 +71,21 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
+from adapters.acceptance import DeliveryAcceptanceError, check_delivery_acceptance
 from adapters.client import GatewayClient, InboxDelivery, InboxEvent, RefusedError
 from adapters.config import AdapterConfig, key_family, load_partner_dir
 from adapters.directory import newest_active
 from adapters.errors import AdapterError
+from adapters.outbox import AdapterStore
 from adapters.role_details import details_for_role
+from adapters.witness import Witness
 from gateway.protocol.checkpoint import CheckpointError, verify_checkpoint
 from gateway.protocol.envelope import (
     Envelope,
@@ -256,7 +269,9 @@ examples:
 Prints one JSON line per message ("kind": "message", the opened body under "body"), per
 message that failed a check ("kind": "rejection", with the reason) and per sender event
 ("kind": "event"). Without --ack nothing is acknowledged: the gateway delivers the messages
-again when their lease ends.
+again when their lease ends. A message whose acceptance receipt does not verify, or whose
+acceptance time the gateway misstates, is opened by no one: it gets a "kind": "alarm" line
+and a "ketenpost: error: ..." line on stderr, is never acknowledged, and the exit status is 1.
 """
 
 
@@ -1082,7 +1097,33 @@ class _Inbox:
     encrypt_keys: dict[str, HybridKemKeyPair]
     sign_key: Ed25519KeyPair
     now: int
+    witness: Witness
     tokens: dict[str, tuple[SignedObject, TokenStatus] | _Rejected] = field(default_factory=dict)
+    # Inconsistencies the receipts' checkpoints showed (the adapter's ``witness`` alarm).
+    witness_alarms: list[str] = field(default_factory=list)
+
+    async def _consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        doc = await self.client.consistency_proof(old_size, new_size)
+        return [base64.b64decode(h, validate=True) for h in doc["hashes"]]
+
+    async def accepted_at(self, delivery: InboxDelivery) -> int:
+        """The delivery's verified acceptance time (``check_delivery_acceptance``, as the
+        adapter engine checks it). An envelope that does not decode is rejected unopened
+        below, so its claimed time is returned unused. Raises ``DeliveryAcceptanceError``."""
+        try:
+            envelope = decode_envelope(delivery.envelope)
+        except EnvelopeError:
+            return delivery.accepted_at
+        receipt = await check_delivery_acceptance(
+            delivery,
+            envelope,
+            directory=self.directory,
+            witness=self.witness,
+            prove=self._consistency,
+            now=self.now,
+            witness_alarm=self.witness_alarms.append,
+        )
+        return receipt.accepted_at
 
     async def token(self, token_id: str) -> tuple[SignedObject, TokenStatus]:
         cached = self.tokens.get(token_id)
@@ -1099,17 +1140,20 @@ class _Inbox:
         return cached
 
     async def check(self, delivery: InboxDelivery) -> tuple[dict[str, Any], bytes, bytes]:
-        """Open and check one delivery; return its output line, header hash and body.
+        """Verify the acceptance, open and check one delivery; return its output line, header
+        hash and body.
 
-        Raises ``_Rejected`` with the rejection reason, or ``_Postponed``.
+        Raises ``DeliveryAcceptanceError`` (answer nothing), ``_Rejected`` with the rejection
+        reason, or ``_Postponed``.
         """
+        accepted_at = await self.accepted_at(delivery)
         try:
             opened = open_envelope(
                 delivery.envelope,
                 self.directory,
                 recipient=self.partner.id,
                 encrypt_keys=self.encrypt_keys,
-                accepted_at=delivery.accepted_at,
+                accepted_at=accepted_at,
                 now=self.now,
             )
         except EnvelopeOpenError as exc:
@@ -1130,12 +1174,13 @@ class _Inbox:
         signed, status = await self.token(header.token_id)
         if token_hash(signed) != header.token_hash:
             raise _Rejected(RejectionReason.TOKEN_INVALID, "the header names another token hash")
-        # The token is judged as the gateway judged it: at its audited acceptance time.
+        # The token and the policy are judged at our own time, as the adapter engine judges
+        # them: a token no longer valid now is refused, whatever the gateway says of when.
         try:
             token = verify_token(
                 signed,
                 self.directory,
-                now=delivery.accepted_at,
+                now=self.now,
                 status=status,
                 subjects=header.subjects,
             )
@@ -1146,7 +1191,7 @@ class _Inbox:
                 token,
                 self.policy,
                 self.directory,
-                now=delivery.accepted_at,
+                now=self.now,
                 sender=header.sender,
                 recipients=[r.partner for r in header.recipients],
                 subjects=header.subjects,
@@ -1172,7 +1217,7 @@ class _Inbox:
             "schema_version": header.schema_version,
             "subjects": list(header.subjects),
             "token_id": header.token_id,
-            "accepted_at": delivery.accepted_at,
+            "accepted_at": accepted_at,
             "expires_at": header.expires_at,
             "trace_id": header.trace_id,
             "attempts": delivery.attempts,
@@ -1232,9 +1277,33 @@ class _Inbox:
         return line, True
 
 
+@contextlib.contextmanager
+def _witness_store(partner: PartnerFolder) -> Iterator[AdapterStore]:
+    """The partner folder's ``adapter.db`` when it has one (its adapter's witness state),
+    otherwise a store of this run only: the CLI never creates ``adapter.db``."""
+    path = partner.config.path(partner.config.store.path)
+    store = AdapterStore(path if path.exists() else Path(":memory:"))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 async def inbox(args: argparse.Namespace, partner: PartnerFolder, now: int) -> list[dict[str, Any]]:
     encrypt_keys = partner.encrypt_keys()
     sign_keys = partner.sign_keys()
+    with _witness_store(partner) as store:
+        return await _inbox(args, partner, now, encrypt_keys, sign_keys, Witness(store))
+
+
+async def _inbox(
+    args: argparse.Namespace,
+    partner: PartnerFolder,
+    now: int,
+    encrypt_keys: dict[str, HybridKemKeyPair],
+    sign_keys: tuple[Ed25519KeyPair, ...],
+    witness: Witness,
+) -> list[dict[str, Any]]:
     async with partner.session(args.gateway, now, wait_s=args.wait) as (client, directory):
         work = _Inbox(
             client,
@@ -1244,6 +1313,7 @@ async def inbox(args: argparse.Namespace, partner: PartnerFolder, now: int) -> l
             encrypt_keys,
             partner.sign_key(directory, now, sign_keys),
             now,
+            witness,
         )
         batch = await client.inbox(wait_s=args.wait, limit=args.limit)
         lines: list[dict[str, Any]] = []
@@ -1255,6 +1325,9 @@ async def inbox(args: argparse.Namespace, partner: PartnerFolder, now: int) -> l
                 line, digest, body = await work.check(delivery)
             except _Postponed as exc:
                 lines.append(_skipped(delivery, str(exc)))
+                continue
+            except DeliveryAcceptanceError as exc:
+                lines.append(_untrusted(delivery, exc))
                 continue
             except _Rejected as rejected:
                 try:
@@ -1275,6 +1348,10 @@ async def inbox(args: argparse.Namespace, partner: PartnerFolder, now: int) -> l
                 continue
             lines.append(line)
             receipts.append(work.receipt(delivery.message_id, digest, body))
+        lines.extend(
+            {"kind": "alarm", "alarm": "witness", "error": detail, "acked": False}
+            for detail in dict.fromkeys(work.witness_alarms)
+        )
         for event in batch.events:
             line, verified = work.event_line(event)
             lines.append(line)
@@ -1288,6 +1365,19 @@ async def inbox(args: argparse.Namespace, partner: PartnerFolder, now: int) -> l
         elif line["kind"] == "event":
             line["acked"] = bool(args.ack) and bool(line["verified"])
     return lines
+
+
+def _untrusted(delivery: InboxDelivery, exc: DeliveryAcceptanceError) -> dict[str, Any]:
+    """The line of a delivery whose acceptance does not hold (never answered)."""
+    return {
+        "kind": "alarm",
+        "alarm": "delivery",
+        "message_id": delivery.message_id,
+        "sender": delivery.sender,
+        "reason": exc.reason.value,
+        "error": f"the gateway's acceptance of it does not hold: {exc}",
+        "acked": False,
+    }
 
 
 def _skipped(delivery: InboxDelivery, error: str) -> dict[str, Any]:
@@ -1376,7 +1466,24 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def run_inbox(args: argparse.Namespace) -> int:
-    return _run(args, inbox, _print_lines)
+    """``inbox``; exit 1 (after the lines) when a delivery's acceptance did not hold or a
+    receipt's checkpoint contradicts the log witnessed."""
+    alarms: list[str] = []
+
+    def emit(lines: Any) -> None:
+        _print_lines(lines)
+        alarms.extend(
+            f"delivery {line['message_id']} from {line['sender']} not opened: {line['error']}"
+            if line["alarm"] == "delivery"
+            else f"the gateway's audit log is inconsistent: {line['error']}"
+            for line in lines
+            if line["kind"] == "alarm"
+        )
+
+    code = _run(args, inbox, emit)
+    for alarm in alarms:
+        _error(alarm)
+    return EXIT_FAILED if code == EXIT_OK and alarms else code
 
 
 def _partner_args(parser: argparse.ArgumentParser) -> None:

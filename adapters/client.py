@@ -139,7 +139,12 @@ class InboxDelivery:
     envelope: bytes
     lease_until: int
     attempts: int
+    # What the gateway says; believed only once ``receipt`` verified and names the same time
+    # (``adapters.acceptance.check_delivery_acceptance``).
     accepted_at: int
+    # The message's gateway-signed acceptance receipt, the exact bytes received; empty when
+    # the gateway sent none (the recipient refuses such a delivery).
+    receipt: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,17 @@ class InboxBatch:
 
 def _unb64(value: str) -> bytes:
     return base64.b64decode(value, validate=True)
+
+
+def _receipt_bytes(value: object) -> bytes:
+    """A delivery's receipt field: its bytes, or empty when it is missing or not base64. The
+    recipient refuses the one delivery then; one bad field must not stop the whole batch."""
+    if not isinstance(value, str):
+        return b""
+    try:
+        return _unb64(value)
+    except ValueError:
+        return b""
 
 
 class GatewayClient:
@@ -318,6 +334,7 @@ class GatewayClient:
                     d["lease_until"],
                     d["attempts"],
                     d["accepted_at"],
+                    _receipt_bytes(d.get("receipt")),
                 )
                 for d in doc["deliveries"]
             ],

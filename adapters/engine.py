@@ -46,7 +46,14 @@ Rules kept here:
   checked again with bounded backoff, an alarm when the retries run out, and ``disputed`` only
   when the gateway answers with a proof that is wrong.
 * **Inbound**, per delivery and in this order: already processed → send the same signed answer
-  again; open (``open_envelope`` with every encrypt key held: sender key at the gateway's
+  again; the **acceptance** (``adapters.acceptance.check_delivery_acceptance``): the acceptance
+  receipt the delivery carries is verified as a sender verifies its own — signature, message
+  id and header hash, checkpoint, our own leaf from its audit entry, inclusion — its checkpoint
+  witnessed, and its ``accepted_at`` must equal the inbox's, lie no more than the clock skew
+  before the header's ``created_at`` or after our ``now``, and not before (less the skew) the
+  last head we saw without its leaf; a failure is a ``delivery`` alarm and nothing else (no
+  apply, no receipt, no rejection: the lease runs out and the gateway delivers again); open
+  (``open_envelope`` with every encrypt key held: sender key at the **verified**
   ``accepted_at``, expiry, own kid listed, key commitment before decrypting, inner signature,
   body bound to the header), refreshing the directory once if the sender's key is unknown;
   schema version and schema; the token (from the approach-notice itself or the local store or
@@ -117,6 +124,14 @@ from typing import Any, Final
 
 import msgspec
 
+from adapters.acceptance import (
+    DeliveryAcceptanceError,
+    InclusionPending,
+    ReceiptInvalidError,
+    check_delivery_acceptance,
+    check_inclusion,
+    verify_receipt,
+)
 from adapters.base import (
     Approach,
     Clock,
@@ -182,7 +197,6 @@ from gateway.protocol.envelope import (
     seal,
 )
 from gateway.protocol.errors import PolicyError, ReceiptError, SchemaError, TokenError
-from gateway.protocol.merkle import InclusionProof, MerkleError, verify_inclusion
 from gateway.protocol.messages import (
     SCHEMA_VERSION,
     ApproachNotice,
@@ -198,10 +212,8 @@ from gateway.protocol.receipts import (
     DeliveryReceipt,
     Rejection,
     SenderEventKind,
-    acceptance_leaf,
     sign_delivery_receipt,
     sign_rejection,
-    verify_acceptance_receipt,
     verify_sender_event,
 )
 from gateway.protocol.signed import SignedObject
@@ -405,17 +417,9 @@ class _Checked:
     token_row: TokenRow | None
 
 
-class ReceiptInvalidError(AdapterError):
-    """An acceptance receipt failed verification."""
-
-
 class OwnKeyRevokedError(AdapterError):
     """Every own sign key held is revoked by one of our own statements: nothing is signed
     until a successor key is installed and listed."""
-
-
-class _InclusionPending(Exception):
-    """The leaf to check a receipt's inclusion proof against could not be fetched (yet)."""
 
 
 @dataclass
@@ -469,22 +473,6 @@ def _require(condition: bool, message: str) -> None:
 
 def _b64(value: str) -> bytes:
     return base64.b64decode(value, validate=True)
-
-
-def _check_inclusion(leaf: bytes, receipt: AcceptanceReceipt, root: bytes) -> None:
-    """The receipt's inclusion proof leads from ``leaf`` to ``root``; ``ReceiptInvalidError``."""
-    try:
-        verify_inclusion(
-            leaf,
-            InclusionProof(
-                leaf_index=receipt.leaf_index,
-                tree_size=receipt.tree_size,
-                hashes=receipt.inclusion_proof,
-            ),
-            root,
-        )
-    except MerkleError as exc:
-        raise ReceiptInvalidError(f"inclusion proof: {exc}") from None
 
 
 class Adapter:
@@ -962,72 +950,49 @@ class Adapter:
     async def _check_receipt(
         self, row: OutboxRow, envelope: bytes, raw: bytes, leaf_index: int, directory: Directory
     ) -> tuple[AcceptanceReceipt, str | None]:
-        """Verify an acceptance receipt completely; return it, and why its inclusion is still
-        unproven (``None``: proven). Raises ``ReceiptInvalidError`` when anything is wrong."""
+        """Verify an acceptance receipt completely (``adapters.acceptance.verify_receipt``),
+        then witness its checkpoint; return it, and why its inclusion is still unproven
+        (``None``: proven). Raises ``ReceiptInvalidError`` when anything is wrong."""
         now = self.clock.now()
-        sent = decode_envelope(envelope)
-        digest = sent.header_hash.hex()
+        checked = await verify_receipt(
+            raw,
+            message_id=row.message_id,
+            envelope=decode_envelope(envelope),
+            directory=directory,
+            witness=self.witness,
+            now=now,
+            leaf_index=leaf_index,
+            served_leaf=(
+                None if self.config.gateway.require_receipt_entries else self._check_served_leaf
+            ),
+        )
         try:
-            receipt = verify_acceptance_receipt(
-                _SIGNED_DECODER.decode(raw),
-                directory,
-                now=now,
-                message_id=row.message_id,
-                header_hash=digest,
-            )
-            checkpoint = self.witness.verify(receipt.checkpoint, directory, now)
-        except (msgspec.DecodeError, ReceiptError, CheckpointInvalidError) as exc:
-            raise ReceiptInvalidError(str(exc)) from None
-        if checkpoint.size != receipt.tree_size or receipt.leaf_index != leaf_index:
-            raise ReceiptInvalidError("the receipt's tree size or leaf index is inconsistent")
-        unproven: str | None = None
-        if receipt.entry:
-            # Our own leaf, from the entry the receipt carries once it is shown to be the
-            # acceptance of the header we sent: nothing is taken from the gateway on trust.
-            try:
-                leaf = acceptance_leaf(receipt, sent.header, digest)
-            except ReceiptError as exc:
-                raise ReceiptInvalidError(str(exc)) from None
-            _check_inclusion(leaf, receipt, checkpoint.root_hash)
-        elif self.config.gateway.require_receipt_entries:
-            # Whatever a partner can check, the adapter checks: a gateway that leaves the
-            # entry out would fall back to the weaker check below.
-            raise ReceiptInvalidError(
-                "the acceptance receipt carries no audit entry, which this adapter requires "
-                "([gateway] require_receipt_entries)"
-            )
-        else:
-            try:
-                await self._check_served_leaf(receipt, checkpoint.root_hash)
-            except _InclusionPending as exc:
-                unproven = str(exc)
-        try:
-            await self.witness.observe(checkpoint, self._consistency, now, head=False)
+            await self.witness.observe(checked.checkpoint, self._consistency, now, head=False)
         except WitnessAlarm as exc:
             self.alarm(AlarmKind.WITNESS, str(exc))
         except AdapterError as exc:
             logger.warning("consistency_unchecked", extra={"detail": str(exc)})
-        return receipt, unproven
+        return checked.receipt, checked.unproven
 
     async def _check_served_leaf(self, receipt: AcceptanceReceipt, root: bytes) -> None:
         """For a receipt without its audit entry: the leaf the gateway serves at
         ``leaf_index`` is under the signed ``root``. That shows *a* leaf is there, not that it
         is this message's: the salted leaf cannot be recomputed without the entry.
 
-        Raises ``_InclusionPending`` when no answer came (unreachable, a refusal: nothing
+        Raises ``InclusionPending`` when no answer came (unreachable, a refusal: nothing
         wrong shown yet), ``ReceiptInvalidError`` when the answer is wrong.
         """
         try:
             doc = await self.client.inclusion_proof(receipt.leaf_index, receipt.tree_size)
         except (GatewayUnreachableError, RefusedError) as exc:
-            raise _InclusionPending(f"no leaf for the inclusion proof yet: {exc}") from None
+            raise InclusionPending(f"no leaf for the inclusion proof yet: {exc}") from None
         except ValueError as exc:  # a 2xx that is not JSON
             raise ReceiptInvalidError(f"the gateway's proof answer: {exc}") from None
         try:
             leaf = _b64(doc["leaf_hash"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ReceiptInvalidError(f"the gateway's proof answer has no leaf: {exc!r}") from None
-        _check_inclusion(leaf, receipt, root)
+        check_inclusion(leaf, receipt, root)
 
     async def recheck_inclusions(self) -> int:
         """Check again the inclusion of receipts accepted with it pending, those due now.
@@ -1053,7 +1018,7 @@ class Adapter:
                 await self._check_served_leaf(
                     receipt, parse_checkpoint(receipt.checkpoint).root_hash
                 )
-            except _InclusionPending as exc:
+            except InclusionPending as exc:
                 attempts = item.attempts + 1
                 abandoned = attempts >= self.settings.inclusion_attempts
                 pending.put(
@@ -1208,7 +1173,11 @@ class Adapter:
             return
         now = self.clock.now()
         try:
-            checked = await self._check(delivery, now)
+            accepted_at = await self._accepted_at(delivery, now)
+            checked = await self._check(delivery, accepted_at, now)
+        except DeliveryAcceptanceError as exc:
+            self._untrusted(delivery, exc, result)
+            return
         except _NotNow as exc:
             logger.warning(
                 "delivery_deferred", extra={"message_id": delivery.message_id, "detail": str(exc)}
@@ -1230,7 +1199,7 @@ class Adapter:
             subjects=tuple(header.subjects),
             body=checked.body,
             body_bytes=checked.opened.body,
-            accepted_at=delivery.accepted_at,
+            accepted_at=accepted_at,
             received_at=now,
             # Continues the sender's trace, with our *applied* action as the parent span.
             trace_id=self._processing_log.inbound_traceparent(header),
@@ -1287,6 +1256,55 @@ class Adapter:
         with contextlib.suppress(AdapterError):  # redelivered later; answered from the row
             await self._answer("applied", receipt)
         self._fault(FaultPoint.ANSWERED)
+
+    async def _accepted_at(self, delivery: InboxDelivery, now: int) -> int:
+        """The delivery's acceptance time, verified against the receipt it carries and the
+        log this adapter witnessed (``adapters.acceptance.check_delivery_acceptance``).
+
+        An envelope that does not decode is not judged here: it is rejected unopened as
+        before (decoding is ``open_envelope``'s first step, so no key is judged at any time)
+        and the gateway's claimed time is returned unused. Raises
+        ``DeliveryAcceptanceError``, or ``_NotNow`` without a fresh directory.
+        """
+        try:
+            envelope = decode_envelope(delivery.envelope)
+        except MalformedEnvelopeError:
+            return delivery.accepted_at
+        try:
+            directory = self.current_directory()
+        except DirectoryUnavailableError as exc:
+            raise _NotNow(str(exc)) from None
+        receipt = await check_delivery_acceptance(
+            delivery,
+            envelope,
+            directory=directory,
+            witness=self.witness,
+            prove=self._consistency,
+            now=now,
+            witness_alarm=lambda detail: self.alarm(AlarmKind.WITNESS, detail),
+        )
+        return receipt.accepted_at
+
+    def _untrusted(
+        self, delivery: InboxDelivery, exc: DeliveryAcceptanceError, result: PassResult
+    ) -> None:
+        """A delivery whose acceptance does not hold: the gateway misbehaves, the sender did
+        nothing wrong. Nothing is opened, applied or answered (no receipt, no rejection); an
+        alarm for the operator; the lease runs out and the gateway hands it out again."""
+        self.alarm(
+            AlarmKind.DELIVERY,
+            f"delivery {delivery.message_id} from {delivery.sender} not opened: the gateway's "
+            f"acceptance of it does not hold: {exc}",
+        )
+        logger.warning(
+            "delivery_acceptance_refused",
+            extra={
+                "message_id": delivery.message_id,
+                "reason": exc.reason.value,
+                "detail": exc.detail,
+            },
+        )
+        result.deferred.append(delivery.message_id)
 
     async def _reject(
         self, delivery: InboxDelivery, rejected: _Rejected, now: int, result: PassResult
@@ -1349,7 +1367,7 @@ class Adapter:
         except msgspec.DecodeError:
             return None
 
-    async def _open(self, delivery: InboxDelivery, now: int) -> Opened:
+    async def _open(self, delivery: InboxDelivery, accepted_at: int, now: int) -> Opened:
         for attempt in range(2):
             try:
                 directory = self.current_directory()
@@ -1361,7 +1379,7 @@ class Adapter:
                     directory,
                     recipient=self.partner_id,
                     encrypt_keys=self.identity.encrypt_keys,
-                    accepted_at=delivery.accepted_at,
+                    accepted_at=accepted_at,
                     now=now,
                 )
             except EnvelopeSignatureError as exc:
@@ -1437,8 +1455,10 @@ class Adapter:
         )
         return held, status, row
 
-    async def _check(self, delivery: InboxDelivery, now: int) -> _Checked:
-        opened = await self._open(delivery, now)
+    async def _check(self, delivery: InboxDelivery, accepted_at: int, now: int) -> _Checked:
+        """Open (the sender key judged at the verified ``accepted_at``) and check a delivery;
+        the token and the policy at our ``now``."""
+        opened = await self._open(delivery, accepted_at, now)
         header = opened.header
         digest = opened.header_hash
         directory = self.current_directory()

@@ -19,7 +19,9 @@ Rules kept here:
   answered with the same bytes and never applied again.
 * **The failed place** keeps a malformed record's bytes and a readable report; it is counted.
 * Witness state (every checkpoint seen) and alarms persist, so a restart does not forget an
-  inconsistency the gateway showed.
+  inconsistency the gateway showed. A checkpoint seen as the gateway's head carries the last
+  time it was (migration 5, ``head_seen_at``): the recipient's bound on a delivery's
+  acceptance time (``adapters.acceptance``).
 * **Processing log** (migration 2): the Logboek Dataverwerkingen records of
   ``adapters.processing_log``, one row per span id, never updated (``INSERT OR IGNORE``).
 * **Retention** (migration 3, ``apply_retention``): at a token's ``retention_until`` (read from
@@ -188,6 +190,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         statement BLOB NOT NULL,
         verified_at INTEGER NOT NULL
     );
+    """,
+    # 5: when a checkpoint was last seen as the gateway's head (``GET /v1/audit/checkpoint``),
+    # the gateway's word that no leaf at or past its size existed then: a delivery's audited
+    # acceptance time must not lie before it (``adapters.acceptance``). NULL for a checkpoint
+    # only seen inside a receipt or a peer's statement, which says nothing of when it was the
+    # head, and for every checkpoint kept before.
+    """
+    ALTER TABLE checkpoints ADD COLUMN head_seen_at INTEGER;
+    CREATE INDEX checkpoints_size ON checkpoints (size);
     """,
 )
 
@@ -827,16 +838,36 @@ class AdapterStore:
         ).fetchall()
         return [CheckpointRow(*r) for r in rows]
 
-    def keep_checkpoint(self, size: int, root: bytes, note: str, now: int) -> None:
+    def keep_checkpoint(
+        self, size: int, root: bytes, note: str, now: int, *, head: bool = False
+    ) -> None:
+        """Keep a verified checkpoint (once per size and root; ``seen_at`` is the first
+        sight). ``head``: it was the gateway's head at ``now``, so ``head_seen_at`` becomes the
+        latest such sighting."""
         with self.transaction() as db:
             known = db.execute(
                 "SELECT 1 FROM checkpoints WHERE size = ? AND root = ?", (size, root)
             ).fetchone()
             if known is None:
                 db.execute(
-                    "INSERT INTO checkpoints (size, root, note, seen_at) VALUES (?, ?, ?, ?)",
-                    (size, root, note, now),
+                    "INSERT INTO checkpoints (size, root, note, seen_at, head_seen_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (size, root, note, now, now if head else None),
                 )
+            elif head:
+                db.execute(
+                    "UPDATE checkpoints SET head_seen_at = max(coalesce(head_seen_at, ?), ?)"
+                    " WHERE size = ? AND root = ?",
+                    (now, now, size, root),
+                )
+
+    def last_head_without(self, leaf_index: int) -> int | None:
+        """The latest time a checkpoint of at most ``leaf_index`` entries (a tree without that
+        leaf) was seen as the gateway's head; ``None`` when none was."""
+        r = self._db.execute(
+            "SELECT max(head_seen_at) FROM checkpoints WHERE size <= ?", (leaf_index,)
+        ).fetchone()
+        return None if r is None or r[0] is None else int(r[0])
 
     def setting(self, name: str) -> str | None:
         r = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()

@@ -22,6 +22,10 @@ Rules kept here:
   the same size with another root, or a consistency proof that does not verify, is the
   gateway showing two partners two logs — ``WitnessAlarm`` for each partner that reads the
   other's statement, so both see it within one interval.
+* **Heads bound acceptance times.** A head of ``size`` entries seen at ``t`` is the gateway's
+  word that no leaf at index ``size`` or later existed at ``t``; the last such sighting of
+  each kept checkpoint is kept (``head_seen_at``), and a delivery whose audited acceptance
+  lies before a head that did not hold its leaf is refused (``adapters.acceptance``).
 * Consistency proofs come from the gateway, which is the party being checked; a proof it cannot
   give (an error answer) is not an inconsistency but is retried at the next observation.
 * **Inclusion pending.** An acceptance receipt without its audit entry (made before receipts
@@ -129,10 +133,17 @@ class Witness:
             await self._compare(last, size, root, prove, head=head)
         except WitnessAlarm:
             # Kept as the evidence of the alarm.
-            self._store.keep_checkpoint(size, root, signed_note(checkpoint), now)
+            self._store.keep_checkpoint(size, root, signed_note(checkpoint), now, head=head)
             raise
         # Not kept when a proof could not be fetched (that raised above): it is observed again.
-        self._store.keep_checkpoint(size, root, signed_note(checkpoint), now)
+        self._store.keep_checkpoint(size, root, signed_note(checkpoint), now, head=head)
+
+    def last_head_without(self, leaf_index: int) -> int | None:
+        """The latest time (our clock) the gateway showed us as its head a tree that did not
+        yet hold leaf ``leaf_index`` (one of at most ``leaf_index`` entries); ``None`` if it
+        never did. Only heads count: a checkpoint inside a receipt or a peer's statement may
+        be old when we first see it, and says nothing of when the leaf was added."""
+        return self._store.last_head_without(leaf_index)
 
     @staticmethod
     async def _compare(

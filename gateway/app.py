@@ -261,6 +261,9 @@ async def inbox(request: web.Request) -> web.Response:
                     "lease_until": d.lease_until,
                     "attempts": d.attempts,
                     "accepted_at": d.accepted_at,
+                    # The recipient checks ``accepted_at`` with it (signature, audit entry,
+                    # inclusion proof), as the sender checked it.
+                    "receipt": d.receipt,
                 }
                 for d in box.deliveries
             ],

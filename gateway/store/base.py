@@ -112,6 +112,11 @@ class Delivery:
     attempts: int
     # The gateway's audited acceptance time: recipients judge the sender key at it.
     accepted_at: int = 0
+    # The message's signed acceptance receipt (the exact bytes the sender got), so the
+    # recipient checks ``accepted_at`` against the audit log itself. Stored with the message
+    # in the committing transaction, so never empty for a committed row; empty (and refused by
+    # every recipient) only if a row somehow lacks it.
+    receipt: bytes = b""
 
 
 @dataclass(frozen=True)

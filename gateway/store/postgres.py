@@ -144,7 +144,7 @@ WITH picked AS (
 UPDATE deliveries d SET lease_until = $4, attempts = d.attempts + 1
 FROM picked p, messages m
 WHERE d.message_id = p.message_id AND d.recipient = p.recipient AND m.message_id = d.message_id
-RETURNING d.message_id, m.sender, m.envelope, d.attempts, m.accepted_at, d.seq
+RETURNING d.message_id, m.sender, m.envelope, d.attempts, m.accepted_at, d.seq, m.receipt
 """
 
 _EVENTS_SQL: Final = """
@@ -1359,7 +1359,16 @@ class PostgresStore:
         )
         rows = sorted(rows, key=lambda r: (int(r[5]), r[0]))
         return [
-            Delivery(r[0], recipient, r[1], bytes(r[2]), now + lease_s, int(r[3]), int(r[4]))
+            Delivery(
+                r[0],
+                recipient,
+                r[1],
+                bytes(r[2]),
+                now + lease_s,
+                int(r[3]),
+                int(r[4]),
+                bytes(r[6] or b""),
+            )
             for r in rows
         ]
 

@@ -623,7 +623,7 @@ class SqliteStore:
         def work(batch: _Batch) -> list[Delivery]:
             conn = batch.conn
             rows = conn.execute(
-                "SELECT d.message_id, m.sender, m.envelope, d.attempts, m.accepted_at"
+                "SELECT d.message_id, m.sender, m.envelope, d.attempts, m.accepted_at, m.receipt"
                 " FROM deliveries d"
                 " JOIN messages m ON m.message_id = d.message_id"
                 " WHERE d.recipient = ? AND d.state = 'pending' AND d.lease_until <= ?"
@@ -631,7 +631,7 @@ class SqliteStore:
                 (recipient, now, now, limit),
             ).fetchall()
             out = []
-            for message_id, sender, envelope, attempts, accepted_at in rows:
+            for message_id, sender, envelope, attempts, accepted_at, receipt in rows:
                 conn.execute(
                     "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1"
                     " WHERE message_id = ? AND recipient = ?",
@@ -646,6 +646,7 @@ class SqliteStore:
                         now + lease_s,
                         attempts + 1,
                         int(accepted_at),
+                        bytes(receipt or b""),
                     )
                 )
             return out

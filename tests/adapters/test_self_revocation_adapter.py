@@ -38,6 +38,7 @@ from keys.state import KeyState
 from keys.tlsidentity import TlsFiles, server_context
 from tests.adapters.conftest import BSN_A, Net
 from tests.adapters.test_engine_e2e import signal_event
+from tests.adapters.test_tampering_gateway import FakeLog, delivery
 from tests.gateway.conftest import DAY, Deployment, Gw, Token
 from tests.test_key_rotation_live import (  # noqa: F401 - fixtures used by these tests
     live,
@@ -133,20 +134,15 @@ class Tamper:
     revocations: list[dict[str, Any]] | None = field(default_factory=list)
     posted: list[dict[str, Any]] = field(default_factory=list)
     submitted: list[bytes] = field(default_factory=list)
+    # The double's audit log (the gateway's real key): each delivery carries its acceptance
+    # receipt, which the recipient verifies before it opens anything.
+    log: FakeLog | None = None
 
     def deliver(self, envelope: bytes, accepted_at: int) -> str:
-        header = decode_envelope(envelope).header
-        self.deliveries.append(
-            {
-                "message_id": header.message_id,
-                "sender": header.sender,
-                "envelope": b64(envelope),
-                "lease_until": accepted_at + 300,
-                "attempts": 1,
-                "accepted_at": accepted_at,
-            }
-        )
-        return header.message_id
+        assert self.log is not None
+        receipt = self.log.accept(envelope, accepted_at)
+        self.deliveries.append(delivery(envelope, receipt, accepted_at))
+        return decode_envelope(envelope).header.message_id
 
     def approach(self, token: Token, registered_at: int) -> None:
         self.approaches[token.token_id] = {
@@ -162,8 +158,8 @@ class Tamper:
 
 @pytest.fixture
 async def tamper(own_deployment: Deployment) -> AsyncIterator[Tamper]:  # noqa: F811
-    fake = Tamper()
     root = own_deployment.root
+    fake = Tamper(log=FakeLog(load_ed25519_key(root / "gateway" / "sign.key", KeyUse.SIGN)))
 
     async def inbox(_r: web.Request) -> web.Response:
         deliveries, fake.deliveries = fake.deliveries, []

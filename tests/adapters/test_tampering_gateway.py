@@ -2,6 +2,11 @@
 
 The adapter must not believe it: a message the covenant forbids is rejected, inconsistent
 checkpoints raise the witness alarm, and a forged acceptance receipt is never taken as one.
+
+``FakeLog`` is the double's own audit log — a real Merkle tree, the relay's acceptance entries,
+checkpoints and receipts signed with the gateway's real key — so a delivery can carry the
+acceptance receipt a recipient checks before it opens anything
+(tests/adapters/test_delivery_acceptance.py tampers with those).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import pytest
 
 from adapters.engine import AlarmKind
 from gateway.config import DEFAULT_ORIGIN
+from gateway.protocol.auditentry import AuditDecision, AuditEntry, seal_entry
 from gateway.protocol.checkpoint import make_checkpoint
 from gateway.protocol.envelope import decode_envelope
-from gateway.protocol.merkle import leaf_hash, node_hash
+from gateway.protocol.merkle import InMemoryNodeStore, MerkleLog, leaf_hash, node_hash
 from gateway.protocol.reasons import RejectionReason
 from gateway.protocol.receipts import AcceptanceReceipt, sign_acceptance_receipt, verify_rejection
 from gateway.protocol.signed import SignedObject
@@ -36,6 +42,81 @@ def note(net: Net, size: int, root: bytes) -> str:
     return make_checkpoint(DEFAULT_ORIGIN, size, root, DEFAULT_ORIGIN, gateway_key(net))
 
 
+def acceptance_entry(envelope: bytes, accepted_at: int) -> AuditEntry:
+    """What the relay records for this envelope's acceptance."""
+    decoded = decode_envelope(envelope)
+    header = decoded.header
+    return AuditEntry(
+        time=accepted_at,
+        decision=AuditDecision.ACCEPTED,
+        sender=header.sender,
+        recipients=tuple(r.partner for r in header.recipients),
+        message_type=header.message_type,
+        token_id=header.token_id,
+        subjects=tuple(header.subjects),
+        policy_hash="ab" * 32,
+        header_hash=decoded.header_hash.hex(),
+        trace_id=header.trace_id.split("-")[1],
+    )
+
+
+class FakeLog:
+    """The double's audit log, signed with ``key`` (the gateway's real one): ``filler``
+    leaves of other messages first, then each ``accept`` appends the envelope's acceptance
+    entry and returns its signed receipt (the wire bytes), with the inclusion proof against
+    a checkpoint of the tree just after."""
+
+    def __init__(self, key: Ed25519KeyPair, filler: int = 1) -> None:
+        self.key = key
+        self.tree = MerkleLog(InMemoryNodeStore())
+        for i in range(filler):
+            self.tree.append(leaf_hash(b"entry-%d" % i))
+
+    def head(self) -> str:
+        """The checkpoint of the tree as it is now (what ``GET /v1/audit/checkpoint`` says)."""
+        root = self.tree.root()
+        return make_checkpoint(DEFAULT_ORIGIN, self.tree.size, root, DEFAULT_ORIGIN, self.key)
+
+    def accept(self, envelope: bytes, accepted_at: int) -> bytes:
+        decoded = decode_envelope(envelope)
+        sealed = seal_entry(acceptance_entry(envelope, accepted_at))
+        index = self.tree.size
+        self.tree.append(sealed.leaf_hash)
+        receipt = AcceptanceReceipt(
+            message_id=decoded.header.message_id,
+            header_hash=decoded.header_hash.hex(),
+            accepted_at=accepted_at,
+            leaf_index=index,
+            tree_size=self.tree.size,
+            inclusion_proof=self.tree.inclusion_proof(index).hashes,
+            checkpoint=self.head(),
+            entry=sealed.entry_bytes,
+            salt=sealed.salt,
+        )
+        return msgspec.msgpack.encode(sign_acceptance_receipt(receipt, self.key))
+
+    def consistency(self, old_size: int, new_size: int) -> dict[str, Any]:
+        """A ``GET /v1/audit/proof?from=&to=`` answer."""
+        proof = self.tree.consistency_proof(old_size, new_size)
+        return {"hashes": [b64(h) for h in proof.hashes]}
+
+
+def delivery(envelope: bytes, receipt: bytes | None, accepted_at: int) -> dict[str, Any]:
+    """One item of ``GET /v1/inbox``'s ``deliveries`` (``receipt`` ``None``: left out)."""
+    header = decode_envelope(envelope).header
+    item: dict[str, Any] = {
+        "message_id": header.message_id,
+        "sender": header.sender,
+        "envelope": b64(envelope),
+        "lease_until": accepted_at + 300,
+        "attempts": 1,
+        "accepted_at": accepted_at,
+    }
+    if receipt is not None:
+        item["receipt"] = b64(receipt)
+    return item
+
+
 async def test_forbidden_message_is_rejected_not_applied(
     net: Net, fake_gateway: FakeGateway
 ) -> None:
@@ -46,15 +127,9 @@ async def test_forbidden_message_is_rejected_not_applied(
     envelope = gw.seal(token, sender="cjg", to=("halt",), message_type=MessageType.SIGNAL)
     header = decode_envelope(envelope).header
     now = gw.clock.now()
+    # Its acceptance is genuine (a receipt in the double's log): only the covenant says no.
     fake_gateway.deliveries = [
-        {
-            "message_id": header.message_id,
-            "sender": "cjg",
-            "envelope": b64(envelope),
-            "lease_until": now + 300,
-            "attempts": 1,
-            "accepted_at": now,
-        }
+        delivery(envelope, FakeLog(gateway_key(net)).accept(envelope, now), now)
     ]
     fake_gateway.approaches[token.token_id] = {
         "token_id": token.token_id,
