@@ -59,7 +59,7 @@ from gateway.protocol.checkpoint import (
     parse_checkpoint,
     verify_checkpoint,
 )
-from gateway.protocol.labels import framed
+from gateway.protocol.labels import WITNESS_STATEMENT, framed
 from gateway.protocol.merkle import ConsistencyProof, MerkleError, verify_consistency
 from keys import Directory, DirectoryError, Ed25519KeyPair, KeysError, KeyState, KeyUse
 from keys.keypair import verify_ed25519
@@ -226,7 +226,7 @@ class PendingInclusions:
 
 # Domain separation for witness statements (house rule 6): a partner's signature over its view
 # of the log can never be taken for any other object it signs (receipts, rejections, envelopes).
-WITNESS_STATEMENT: Final = b"ketenpost/v1/witness/statement"
+# The label is one of ``labels.ALL_LABELS`` (protocol section 3 and 10.5).
 PEERS_SETTING = "witness_peers"
 MAX_STATEMENT_BYTES: Final = 64 * 1024
 FETCH_TIMEOUT_S: Final = 5.0
@@ -261,9 +261,9 @@ def sign_statement(statement: WitnessStatement, key: Ed25519KeyPair) -> bytes:
     )
 
 
-def verify_statement(raw: bytes, peer: str, directory: Directory) -> WitnessStatement:
+def verify_statement(raw: bytes, peer: str, directory: Directory, now: int) -> WitnessStatement:
     """Decode and verify a statement of ``peer``: its signature with one of the ``sign`` keys
-    the directory lists for ``peer`` (not revoked at the statement's time), and that it is
+    the directory lists for ``peer`` (not revoked at the reader's ``now``), and that it is
     ``peer``'s. Raises ``StatementInvalidError``."""
     if len(raw) > MAX_STATEMENT_BYTES:
         raise StatementInvalidError("statement too large")
@@ -279,7 +279,9 @@ def verify_statement(raw: bytes, peer: str, directory: Directory) -> WitnessStat
         raise StatementInvalidError(f"statement of {statement.partner!r}, not of {peer!r}")
     message = framed(WITNESS_STATEMENT, data)
     for key in partner.keys:
-        if key.use is not KeyUse.SIGN or key.state(statement.published_at) is KeyState.REVOKED:
+        # Judged at the reader's ``now``, not at the statement's own ``published_at``: a thief
+        # of a since-revoked key could otherwise date a statement back to before the revocation.
+        if key.use is not KeyUse.SIGN or key.state(now) is KeyState.REVOKED:
             continue
         try:
             verify_ed25519(key.public, message, signature)
@@ -403,7 +405,7 @@ class WitnessExchange:
         if raw is None:
             return PeerView(peer, "unavailable", "no statement published yet", now)
         try:
-            statement = verify_statement(raw, peer, directory)
+            statement = verify_statement(raw, peer, directory, now)
             checkpoint = self._witness.verify(statement.checkpoint, directory, now)
         except (StatementInvalidError, CheckpointInvalidError) as exc:
             return PeerView(peer, "invalid", str(exc), now)

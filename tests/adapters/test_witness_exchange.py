@@ -8,11 +8,21 @@ import json
 import secrets
 from pathlib import Path
 
+import msgspec
 import pytest
 
 import ketenpost
 from adapters.engine import Adapter, AlarmKind
-from adapters.witness import peer_views
+from adapters.witness import (
+    StatementInvalidError,
+    WitnessStatement,
+    peer_views,
+    sign_statement,
+    verify_statement,
+)
+from keys import Directory, KeyUse
+from keys.keyfile import load_ed25519_key
+from keys.rotation import revoke_key
 from tests.adapters.conftest import FakeGateway, Net, b64
 from tests.adapters.test_tampering_gateway import note
 
@@ -129,3 +139,37 @@ async def test_audit_witness_prints_the_partner_view(
     assert view["peers"]["politie-ijmond"]["status"] == "inconsistent"
     assert view["status"] == "alarm"
     assert peer_views(police.store)["halt"].status == "unavailable"  # read before Halt wrote
+
+
+def test_a_statement_is_judged_by_its_key_now_not_at_its_own_date(net: Net) -> None:
+    """A thief of a since-revoked sign key cannot date a statement back to before the
+    revocation: the key is judged at the reader's now (protocol section 10.5)."""
+    now = net.gw.clock.now()
+    directory = net.gw.directory
+    police = directory.partner("politie-ijmond")
+    key = load_ed25519_key(net.folder("politie-ijmond") / "keys" / "sign.key", KeyUse.SIGN)
+    statement = WitnessStatement("politie-ijmond", note(net, 5, b"\x01" * 32), now - 100)
+    raw = sign_statement(statement, key)
+    assert verify_statement(raw, "politie-ijmond", directory, now) == statement
+    revoked = Directory(
+        msgspec.structs.replace(
+            directory.contents,
+            partners=tuple(
+                msgspec.structs.replace(
+                    p,
+                    keys=tuple(
+                        revoke_key(k, now=now - 50, compromised_since=None)
+                        if k.kid == key.kid
+                        else k
+                        for k in p.keys
+                    ),
+                )
+                if p.id == police.id
+                else p
+                for p in directory.contents.partners
+            ),
+        ),
+        version=directory.version + 1,
+    )
+    with pytest.raises(StatementInvalidError, match="does not verify"):
+        verify_statement(raw, "politie-ijmond", revoked, now)
