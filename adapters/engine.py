@@ -211,6 +211,7 @@ from gateway.protocol.receipts import (
     AcceptanceReceipt,
     DeliveryReceipt,
     Rejection,
+    SenderEvent,
     SenderEventKind,
     sign_delivery_receipt,
     sign_rejection,
@@ -253,6 +254,9 @@ logger = logging.getLogger("adapters.engine")
 
 # The ``adapter.db`` setting that asks for ``recheck_after_restore`` (set on a witness alarm).
 RESTORE_RECHECK_SETTING: Final = "restore_recheck"
+# The ``adapter.db`` setting holding the expires_at up to which accepted messages were checked
+# for overdue outcomes (``check_overdue_outcomes``).
+OVERDUE_WATERMARK_SETTING: Final = "outcomes_checked_until"
 
 # Refusals that a directory refresh and a reseal (same message id) may cure.
 KEY_RELATED: Final = frozenset(
@@ -335,6 +339,9 @@ class EngineSettings:
     # ``None``: the ``[directory] refresh_s`` of adapter.toml.
     directory_refresh_s: float | None = None
     token_status_max_age_s: int = 300
+    # How long after a message's expires_at every recipient's outcome must have arrived before
+    # its absence is an alarm (the gateway's expiry sweep, then the next inbox poll).
+    outcome_grace_s: int = 3600
     # The audit log's origin; ``None`` pins it on first sight (see ``witness``).
     origin: str | None = None
     # host:port of the plain-HTTP /metrics and /healthz listener; ``None``: none.
@@ -1052,9 +1059,11 @@ class Adapter:
 
     async def report_outcomes(self) -> None:
         """Tell the partner system about refusals and deliveries not yet reported (both
-        idempotent, each stopping at its first ``DestinationUnavailableError``)."""
+        idempotent, each stopping at its first ``DestinationUnavailableError``), and alarm for
+        messages whose outcomes are overdue (``check_overdue_outcomes``)."""
         await self.report_refusals()
         await self.report_deliveries()
+        self.check_overdue_outcomes()
 
     async def report_refusals(self) -> None:
         """Tell the partner system about final refusals not yet reported (idempotent)."""
@@ -1145,6 +1154,12 @@ class Adapter:
             self.alarm(AlarmKind.SENDER_EVENT, f"sender event does not verify: {exc}")
             return True
         event = verified.event
+        false_claim = self._false_claim(event)
+        if false_claim is not None:
+            # Acknowledged, not recorded: nothing false reaches the partner system, and the
+            # signed event stays evidence in the alarm and in the gateway's own audit log.
+            self.alarm(AlarmKind.SENDER_EVENT, false_claim)
+            return True
         reason = verified.rejection.reason.value if verified.rejection else None
         if self.store.record_outcome(
             event.message_id,
@@ -1156,6 +1171,52 @@ class Adapter:
         ):
             self.metrics.outcome(event.kind.value)
         return True
+
+    def _false_claim(self, event: SenderEvent) -> str | None:
+        """What is provably false in a verified sender event about one of our messages: it
+        names a recipient the message does not have, or it claims an expiry before the
+        message's signed ``expires_at``. ``None`` when nothing is (or the message is not in
+        our outbox: ``ketenpost send`` shares the partner's inbox)."""
+        row = self.store.outbox_row(event.message_id)
+        if row is None:
+            return None
+        if event.recipient not in row.recipients:
+            return (
+                f"sender event {event.kind.value} for message {event.message_id} names "
+                f"{event.recipient}, not one of its recipients"
+            )
+        if (
+            event.kind is SenderEventKind.EXPIRY
+            and row.expires_at is not None
+            and event.at < row.expires_at
+        ):
+            return (
+                f"expiry event for message {event.message_id} to {event.recipient} dated "
+                f"{event.at}, before the message's expires_at {row.expires_at}"
+            )
+        return None
+
+    def check_overdue_outcomes(self) -> int:
+        """Alarm once for every accepted message whose ``expires_at`` passed more than
+        ``outcome_grace_s`` ago without an outcome (receipt, rejection, expiry or purge) from
+        every recipient: an honest gateway sends one of them for each. Each row is judged once
+        (a durable watermark); returns how many alarms were raised."""
+        until = self.clock.now() - self.settings.outcome_grace_s
+        after = int(self.store.setting(OVERDUE_WATERMARK_SETTING) or 0)
+        if until <= after:
+            return 0
+        raised = 0
+        for row in self.store.accepted_expiring(after, until):
+            missing = sorted(set(row.recipients) - set(self.store.outcomes(row.message_id)))
+            if missing:
+                self.alarm(
+                    AlarmKind.SENDER_EVENT,
+                    f"no outcome from {', '.join(missing)} for message {row.message_id}, "
+                    f"expired at {row.expires_at}",
+                )
+                raised += 1
+        self.store.set_setting(OVERDUE_WATERMARK_SETTING, str(until))
+        return raised
 
     async def _answer(self, outcome: str, answer: bytes) -> None:
         if outcome == "applied":

@@ -531,6 +531,15 @@ class AdapterStore:
         r = self._db.execute(_SELECT_OUTBOX + "WHERE message_id = ?", (message_id,)).fetchone()
         return None if r is None else _outbox_row(r)
 
+    def accepted_expiring(self, after: int, until: int) -> list[OutboxRow]:
+        """Accepted rows whose ``expires_at`` lies in ``(after, until]``, oldest first."""
+        rows = self._db.execute(
+            _SELECT_OUTBOX + "WHERE state = 'accepted' AND expires_at > ? AND expires_at <= ? "
+            "ORDER BY expires_at, seq",
+            (after, until),
+        ).fetchall()
+        return [_outbox_row(r) for r in rows]
+
     def outbox(self) -> list[OutboxRow]:
         rows = self._db.execute(_SELECT_OUTBOX + "ORDER BY seq").fetchall()
         return [_outbox_row(r) for r in rows]
