@@ -234,9 +234,11 @@ from gateway.protocol.types import MessageType
 from keys import (
     CertificateError,
     Directory,
+    DirectoryError,
     Ed25519KeyPair,
     HybridKemKeyPair,
     KeysError,
+    KeyState,
     KeyUse,
 )
 from keys.deployment import read_outbox_key
@@ -324,6 +326,7 @@ class AlarmKind(enum.StrEnum):
     DELIVERY = "delivery"
     GATEWAY_IDENTITY = "gateway_identity"
     OWN_KEY_REVOKED = "own_key_revoked"
+    OWN_KEY_UNKNOWN = "own_key_unknown"
 
 
 @dataclass(frozen=True)
@@ -1618,7 +1621,35 @@ class Adapter:
         self._token_cache.clear()
         self.metrics.directory(self.directory.version, stale=False)
         self.reload_keys()
+        self.check_own_keys()
         return True
+
+    def check_own_keys(self) -> list[str]:
+        """Alarm for every ``sign`` or ``encrypt`` key the directory lists for this partner,
+        not retired or revoked now, whose private key this adapter does not hold: officers (or
+        whoever holds their keys) swapped in a key that lets someone else sign as this partner
+        or read what is sealed to it. Only the partner itself can see this; returns the kids."""
+        now = self.clock.now()
+        try:
+            me = self.directory.current(now).partner(self.partner_id)
+        except (DirectoryUnavailableError, DirectoryError):
+            return []
+        held = {k.kid for k in self.identity.sign_keys} | {self.identity.sign_key.kid}
+        held |= set(self.identity.encrypt_keys)
+        unknown = [
+            k.kid
+            for k in me.keys
+            if k.use in (KeyUse.SIGN, KeyUse.ENCRYPT)
+            and k.state(now) not in (KeyState.RETIRED, KeyState.REVOKED)
+            and k.kid not in held
+        ]
+        for kid in unknown:
+            self.alarm(
+                AlarmKind.OWN_KEY_UNKNOWN,
+                f"the directory (version {self.directory.version}) lists a key {kid} for "
+                f"{self.partner_id} whose private key this adapter does not hold",
+            )
+        return unknown
 
     def _hold_stored_revocations(self) -> None:
         """Hold the statements verified before (``adapter.db``) — before anything is checked."""

@@ -395,10 +395,11 @@ async def test_an_own_key_revoked_by_our_statement_never_signs(cov: Net) -> None
     police = await cov.adapter(POLICE)
     await police.refresh_directory()
     now = gw.clock.now()
-    # The successor's key file is not installed yet: nothing may be signed.
+    # The successor's key file is not installed yet: nothing may be signed, and the directory
+    # lists a key of ours we do not hold (``check_own_keys``).
     with pytest.raises(OwnKeyRevokedError):
         police.own_sign_key(None, now)
-    assert [a.kind for a in police.store.alarms()] == ["own_key_revoked"]
+    assert [a.kind for a in police.store.alarms()] == ["own_key_unknown", "own_key_revoked"]
     token = gw.issue_token()
     police.remember_token(token.signed, token.opening, {token.subjects[0]: BSN_A})
     cov.system(POLICE).add_event("INC-1", signal_event([BSN_A], [HALT]))
